@@ -1,0 +1,36 @@
+# glyphgen: every target installs what it needs on first use (a .venv in this folder).
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+ARGS   ?=
+# A CPU build of torch where no NVIDIA GPU is present (small and quick); the default CUDA build otherwise.
+TORCH_PIN := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
+
+.PHONY: install test lint shards fonts clean
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --disable-pip-version-check "$(TORCH_PIN)"
+	$(BIN)/python -m pip install -q --disable-pip-version-check -e ".[dev]"
+	touch $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q tests
+
+lint: $(STAMP)
+	$(BIN)/ruff check glyphgen tests
+	$(BIN)/ruff format --check glyphgen tests
+
+# The default shards: synthetic text images and the embedded real-photo demo set, at 64 px.
+shards: $(STAMP)
+	$(BIN)/glyphgen make-shards synthetic --config configs/shards/synthetic64.yaml $(ARGS)
+	$(BIN)/glyphgen make-shards demo-real --config configs/shards/demo_real64.yaml $(ARGS)
+
+fonts: $(STAMP)
+	$(BIN)/glyphgen fonts
+
+clean:
+	rm -rf $(VENV) .pytest_cache

@@ -1,0 +1,247 @@
+"""Writing WebDataset shards: a safe output folder, parallel sample builders, and the manifest.
+
+A shard folder holds `shard-000000.tar, ...` (written by webdataset's `ShardWriter`, `maxcount`
+samples each) and a `manifest.json`. Each sample has the members `png` (the image), `txt` (the
+transcript, exactly as drawn or read) and `json` (metadata).
+
+Output is all-or-nothing: shards are written into a sibling `NAME.partial-PID` folder and moved into
+place only once complete, so an interrupted build never leaves half a data set, and an existing
+folder is only replaced (never mixed with new shards) when the caller asked to overwrite it.
+"""
+
+from __future__ import annotations
+
+import json
+import multiprocessing as mp
+import os
+import shutil
+import sys
+import time
+import warnings
+from collections import Counter
+from collections.abc import Callable, Iterable, Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import webdataset as wds
+
+MANIFEST = "manifest.json"
+SHARD_PATTERN = "shard-%06d.tar"
+FORMAT = "glyphgen-shards/1"
+
+
+class ShardsExistError(FileExistsError):
+    """The output folder already holds shards and overwriting was not asked for."""
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One training example as stored: a PNG image, its transcript and metadata."""
+
+    key: str
+    png: bytes
+    text: str
+    meta: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class Skipped:
+    """A counted skip: `reason` is a short category (e.g. "truncated image"), `detail` names the input."""
+
+    reason: str
+    detail: str = ""
+
+
+@dataclass
+class BuildReport:
+    """What a shard build did: samples written, skips by reason, wall time and throughput."""
+
+    out: Path
+    count: int
+    skipped: Counter
+    seconds: float
+    workers: int
+    shards: int
+
+    @property
+    def images_per_s(self) -> float:
+        return self.count / max(self.seconds, 1e-9)
+
+    @property
+    def images_per_s_per_worker(self) -> float:
+        return self.images_per_s / max(self.workers, 1)
+
+    def summary(self) -> str:
+        skips = ", ".join(f"{n} {r}" for r, n in sorted(self.skipped.items())) or "none"
+        return (
+            f"wrote {self.count} samples in {self.shards} shards to {self.out} in {self.seconds:.1f}s: "
+            f"{self.images_per_s:.0f} images/s ({self.images_per_s_per_worker:.0f} per worker x "
+            f"{self.workers}); skipped: {skips}"
+        )
+
+
+def holds_shards(folder: Path) -> bool:
+    return folder.is_dir() and ((folder / MANIFEST).exists() or any(folder.glob("*.tar")))
+
+
+class ShardOutput:
+    """Context manager owning an output folder while shards are written into it.
+
+    >>> with ShardOutput(out, maxcount=1000, overwrite=False, manifest_extra={"kind": "synthetic"}) as o:
+    ...     o.write(sample)
+    """
+
+    def __init__(self, out: str | Path, *, maxcount: int, overwrite: bool = False, manifest_extra=None):
+        self.out = Path(out)
+        self.maxcount = maxcount
+        self.overwrite = overwrite
+        self.manifest_extra = dict(manifest_extra or {})
+        self.count = 0
+        self.charset: set[str] = set()
+        self._tmp = self.out.with_name(f"{self.out.name}.partial-{os.getpid()}")
+        self._writer: wds.ShardWriter | None = None
+        self._counts: Counter = Counter()
+
+    def __enter__(self) -> ShardOutput:
+        if holds_shards(self.out) and not self.overwrite:
+            raise ShardsExistError(f"{self.out}: already holds shards; pass --overwrite to replace them")
+        if self.out.exists() and not self.out.is_dir():
+            raise ShardsExistError(f"{self.out}: exists and is not a folder")
+        shutil.rmtree(self._tmp, ignore_errors=True)
+        self._tmp.mkdir(parents=True)
+        # mtime=0 and fixed owner names make the tar bytes a function of the samples alone.
+        self._writer = wds.ShardWriter(
+            str(self._tmp / SHARD_PATTERN), maxcount=self.maxcount, maxsize=1 << 40, verbose=0, mtime=0
+        )
+        return self
+
+    def write(self, sample: Sample) -> None:
+        if "." in sample.key:
+            raise ValueError(f"sample key {sample.key!r} contains a dot (WebDataset splits on dots)")
+        meta = json.dumps(sample.meta, sort_keys=True).encode()
+        self._writer.write(
+            {"__key__": sample.key, "png": sample.png, "txt": sample.text.encode("utf-8"), "json": meta}
+        )
+        self.count += 1
+        self.charset.update(sample.text)
+        self._counts[Path(self._writer.fname).name] += 1
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if self._writer is not None:
+            self._writer.close()
+        if exc_type is not None:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            return
+        if self.count == 0:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise ValueError(f"{self.out}: no samples were written, so no shards were made")
+        self._write_manifest()
+        self._swap_into_place()
+
+    def _write_manifest(self) -> None:
+        manifest = {
+            "format": FORMAT,
+            "count": self.count,
+            "shards": [{"name": n, "count": c} for n, c in sorted(self._counts.items())],
+            "members": ["png", "txt", "json"],
+            "charset": "".join(sorted(self.charset)),
+            **self.manifest_extra,
+        }
+        (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
+
+    def _swap_into_place(self) -> None:
+        old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")
+        if self.out.exists():
+            self.out.rename(old)
+        self._tmp.rename(self.out)
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def read_manifest(folder: str | Path) -> dict:
+    """The manifest of a shard folder; a one-line error when missing or unreadable."""
+    path = Path(folder) / MANIFEST
+    try:
+        manifest = json.loads(path.read_text())
+    except FileNotFoundError:
+        raise FileNotFoundError(f"{path}: no shard manifest (build the shards first)") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise ValueError(f"{path}: manifest is not valid JSON ({e})") from None
+    if manifest.get("format") != FORMAT or not isinstance(manifest.get("shards"), list):
+        raise ValueError(f"{path}: not a glyphgen shard manifest (format {manifest.get('format')!r})")
+    return manifest
+
+
+# -- parallel builds --------------------------------------------------------------------------------
+
+_MAKE: Callable | None = None
+
+
+def _init_worker(make_sample: Callable, init: Callable | None, initargs: tuple) -> None:
+    global _MAKE
+    _MAKE = make_sample
+    if init is not None:
+        init(*initargs)
+
+
+def _run_task(task: Any) -> Sample | Skipped:
+    return _MAKE(task)
+
+
+def _map(tasks: Iterable, make_sample, workers: int, init, initargs, chunksize: int) -> Iterator:
+    if workers <= 1:
+        _init_worker(make_sample, init, initargs)
+        yield from map(_run_task, tasks)
+        return
+    # fork is fastest and keeps module state; spawn where fork does not exist.
+    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+    with ctx.Pool(workers, initializer=_init_worker, initargs=(make_sample, init, initargs)) as pool:
+        yield from pool.imap(_run_task, tasks, chunksize=chunksize)
+
+
+def resolve_workers(workers: int) -> int:
+    """0 means one worker per CPU core available to this process."""
+    if workers > 0:
+        return workers
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except AttributeError:
+        return max(1, os.cpu_count() or 1)
+
+
+def build_shards(
+    out: str | Path,
+    tasks: Iterable,
+    make_sample: Callable[[Any], Sample | Skipped],
+    *,
+    maxcount: int,
+    workers: int = 1,
+    overwrite: bool = False,
+    init: Callable | None = None,
+    initargs: tuple = (),
+    manifest_extra: dict | None = None,
+    chunksize: int = 16,
+    max_warnings: int = 20,
+) -> BuildReport:
+    """Run `make_sample(task)` for every task on `workers` processes (results kept in task order,
+    so the output depends only on the tasks) and write the samples as shards to `out`.
+
+    `make_sample` and `init` must be module-level functions (they cross process boundaries);
+    `init(*initargs)` runs once per worker to set up expensive state (fonts, an OCR engine).
+    A `Skipped` result is counted and warned about (the first `max_warnings`), never fatal."""
+    workers = resolve_workers(workers)
+    skipped: Counter = Counter()
+    start = time.perf_counter()
+    with ShardOutput(out, maxcount=maxcount, overwrite=overwrite, manifest_extra=manifest_extra) as sink:
+        for result in _map(tasks, make_sample, workers, init, initargs, chunksize):
+            if isinstance(result, Skipped):
+                skipped[result.reason] += 1
+                if sum(skipped.values()) <= max_warnings:
+                    warnings.warn(f"skipped ({result.reason}): {result.detail}", stacklevel=2)
+                continue
+            sink.write(result)
+    seconds = time.perf_counter() - start
+    n_shards = len(list(Path(out).glob("*.tar")))
+    report = BuildReport(Path(out), sink.count, skipped, seconds, workers, n_shards)
+    print(report.summary(), file=sys.stderr)
+    return report

@@ -1,0 +1,37 @@
+"""Shared fixtures: tiny shard folders written with the real ShardOutput."""
+
+from __future__ import annotations
+
+import io
+import random
+
+import pytest
+from PIL import Image, ImageDraw
+
+from glyphgen.data.shards import Sample, ShardOutput
+
+
+def png_bytes(img: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    img.save(buf, format="PNG")
+    return buf.getvalue()
+
+
+def text_image(text: str, size: int = 32, mode: str = "L") -> Image.Image:
+    img = Image.new(mode, (size, size), 255 if mode == "L" else (255, 255, 255))
+    ImageDraw.Draw(img).text((2, 2), text, fill=0 if mode == "L" else (0, 0, 0))
+    return img
+
+
+def write_shards(folder, n: int, maxcount: int, size: int = 32, mode: str = "L") -> list[str]:
+    """`n` samples in shards of `maxcount`; sample j has key `k{j:05d}` and transcript `t{j}`."""
+    texts = [f"t{j}" for j in range(n)]
+    with ShardOutput(folder, maxcount=maxcount) as out:
+        for j, text in enumerate(texts):
+            out.write(Sample(f"k{j:05d}", png_bytes(text_image(text, size, mode)), text))
+    return texts
+
+
+@pytest.fixture
+def rng():
+    return random.Random(0)

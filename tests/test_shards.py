@@ -1,0 +1,84 @@
+"""Shard writing: manifest, all-or-nothing output, refusing to overwrite, parallel builds in order."""
+
+from __future__ import annotations
+
+import tarfile
+
+import pytest
+from conftest import png_bytes, text_image, write_shards
+
+from glyphgen.data.shards import Sample, ShardOutput, ShardsExistError, Skipped, build_shards, read_manifest
+
+
+def test_manifest_lists_every_shard_with_its_count(tmp_path):
+    texts = write_shards(tmp_path / "s", 10, maxcount=4)
+    m = read_manifest(tmp_path / "s")
+    assert m["count"] == 10 and [s["count"] for s in m["shards"]] == [4, 4, 2]
+    assert set(m["charset"]) == set("".join(texts))
+    names = []
+    for shard in m["shards"]:
+        with tarfile.open(tmp_path / "s" / shard["name"]) as tar:
+            names += tar.getnames()
+    assert len(names) == 30 and {n.rsplit(".", 1)[1] for n in names} == {"png", "txt", "json"}
+    assert not list(tmp_path.glob("*.partial-*"))
+
+
+def test_refuses_existing_shards_without_overwrite(tmp_path):
+    write_shards(tmp_path / "s", 4, maxcount=2)
+    before = {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()}
+    with pytest.raises(ShardsExistError, match="--overwrite"):
+        write_shards(tmp_path / "s", 6, maxcount=2)
+    assert {p.name: p.read_bytes() for p in (tmp_path / "s").iterdir()} == before
+
+
+def test_overwrite_replaces_whole_folder(tmp_path):
+    write_shards(tmp_path / "s", 10, maxcount=2)  # 5 shards
+    with ShardOutput(tmp_path / "s", maxcount=4, overwrite=True) as out:
+        out.write(Sample("a", png_bytes(text_image("a")), "a"))
+    assert sorted(p.name for p in (tmp_path / "s").iterdir()) == ["manifest.json", "shard-000000.tar"]
+
+
+def test_failure_mid_write_keeps_old_data_and_leaves_no_partial(tmp_path):
+    write_shards(tmp_path / "s", 4, maxcount=2)
+    before = read_manifest(tmp_path / "s")
+    with pytest.raises(RuntimeError):
+        with ShardOutput(tmp_path / "s", maxcount=2, overwrite=True) as out:
+            out.write(Sample("a", png_bytes(text_image("a")), "a"))
+            raise RuntimeError("worker died")
+    assert read_manifest(tmp_path / "s") == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["s"]
+
+
+def test_dotted_key_rejected(tmp_path):
+    with pytest.raises(ValueError, match="dot"), ShardOutput(tmp_path / "s", maxcount=2) as out:
+        out.write(Sample("a.b", b"", "a"))
+
+
+def test_manifest_errors_name_the_file(tmp_path):
+    with pytest.raises(FileNotFoundError, match="manifest.json"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").write_text("{not json")
+    with pytest.raises(ValueError, match="not valid JSON"):
+        read_manifest(tmp_path)
+
+
+def _make(i: int):
+    if i % 5 == 3:
+        return Skipped("unlucky", f"item {i}")
+    return Sample(f"{i:04d}", png_bytes(text_image(str(i))), str(i))
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_build_shards_keeps_order_and_counts_skips(tmp_path, workers):
+    with pytest.warns(UserWarning, match="skipped \\(unlucky\\)"):
+        report = build_shards(tmp_path / "s", range(20), _make, maxcount=8, workers=workers, chunksize=3)
+    assert report.count == 16 and report.skipped["unlucky"] == 4 and report.shards == 2
+    with tarfile.open(tmp_path / "s" / "shard-000000.tar") as tar:
+        keys = [n.split(".")[0] for n in tar.getnames() if n.endswith(".txt")]
+    assert keys == ["0000", "0001", "0002", "0004", "0005", "0006", "0007", "0009"]
+
+
+def test_build_with_nothing_written_makes_no_folder(tmp_path):
+    with pytest.raises(ValueError, match="no samples"):
+        build_shards(tmp_path / "s", [3, 8], _make, maxcount=8)
+    assert not (tmp_path / "s").exists()
