@@ -68,11 +68,13 @@ def load_config(
     files: Sequence[str | Path] = (),
     overrides: Sequence[str] = (),
     values: Mapping[str, Any] | None = None,
+    defaults: T | None = None,
 ) -> T:
     """Build `schema` from its defaults, then each YAML file in order, then `values` (e.g. CLI
     options, keyed by dotted name), then dotlist `overrides` ("a.b=1"). Returns the dataclass
-    instance, whose `__post_init__` checks have run. Any problem raises a one-line `ConfigError`."""
-    cfg = OmegaConf.structured(schema)
+    instance, whose `__post_init__` checks have run. Any problem raises a one-line `ConfigError`.
+    `defaults`, an instance of `schema` (e.g. a named model size), replaces the schema's defaults."""
+    cfg = OmegaConf.structured(defaults if defaults is not None else schema)
     source: dict[str, str] = {}
 
     def merge(layer: Any, where: str) -> None:

@@ -34,7 +34,9 @@ def test_split_batches_takes_the_smallest_rank_worker_share():
 
 def test_every_rank_gets_the_same_batches_and_no_sample_twice(tmp_path, monkeypatch):
     texts = write_shards(tmp_path / "s", 26, maxcount=4)
-    cfg = LoaderConfig(shards=str(tmp_path / "s"), resolution=32, batch_size=2, num_workers=2, shuffle_buffer=8)
+    cfg = LoaderConfig(
+        shards=str(tmp_path / "s"), resolution=32, batch_size=2, num_workers=2, shuffle_buffer=8
+    )
     per_rank: dict[int, list[str]] = {0: [], 1: []}
     for rank in (0, 1):
         for worker in (0, 1):
@@ -50,7 +52,9 @@ def test_every_rank_gets_the_same_batches_and_no_sample_twice(tmp_path, monkeypa
 
 def test_batch_contents(tmp_path):
     write_shards(tmp_path / "s", 12, maxcount=6, size=32)
-    cfg = LoaderConfig(shards=str(tmp_path / "s"), resolution=16, batch_size=4, num_workers=0, shuffle_buffer=0)
+    cfg = LoaderConfig(
+        shards=str(tmp_path / "s"), resolution=16, batch_size=4, num_workers=0, shuffle_buffer=0
+    )
     tok = CharTokenizer()
     batch = next(iter(make_loader(cfg, tok)))
     assert batch["image"].shape == (4, 3, 16, 16) and batch["image"].dtype == torch.uint8
@@ -95,7 +99,9 @@ def test_truncated_shard_and_corrupt_member_are_skipped_and_counted(tmp_path):
             m.size = len(data)
             tar.addfile(m, __import__("io").BytesIO(data))
     L._SKIPS.clear()
-    cfg = LoaderConfig(shards=str(tmp_path / "s"), resolution=32, batch_size=1, num_workers=0, shuffle_buffer=0)
+    cfg = LoaderConfig(
+        shards=str(tmp_path / "s"), resolution=32, batch_size=1, num_workers=0, shuffle_buffer=0
+    )
     with pytest.warns(UserWarning, match="skipped corrupt data"):
         batches = list(make_loader(cfg))
     assert len(batches) == 12  # the stream cycles so the epoch still has its length
@@ -124,7 +130,9 @@ def test_unknown_characters_are_counted_in_the_loader(tmp_path):
         for i, text in enumerate(["café", "ok", "über", "fine"]):
             out.write(Sample(f"k{i}", png_bytes(text_image("x")), text))
     tok = CharTokenizer()
-    cfg = LoaderConfig(shards=str(tmp_path / "s"), resolution=32, batch_size=4, num_workers=0, shuffle_buffer=0)
+    cfg = LoaderConfig(
+        shards=str(tmp_path / "s"), resolution=32, batch_size=4, num_workers=0, shuffle_buffer=0
+    )
     with pytest.warns(UserWarning, match="2 characters outside the alphabet"):
         batch = next(iter(make_loader(cfg, tok)))
     assert batch["text"][0] == "café" and tok.decode(batch["tokens"][0]) == "caf\ufffd"

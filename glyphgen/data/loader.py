@@ -160,7 +160,12 @@ class Collate:
         if unknown and (self._reported == 0 or unknown >= 10 * self._reported):
             self._reported = unknown
             self.tokenizer.warn_counts("training data")
-        return {"image": torch.stack([s["image"] for s in samples]), "tokens": tokens, "mask": mask, "text": texts}
+        return {
+            "image": torch.stack([s["image"] for s in samples]),
+            "tokens": tokens,
+            "mask": mask,
+            "text": texts,
+        }
 
 
 class SeededShuffle:

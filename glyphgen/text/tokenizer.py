@@ -60,7 +60,7 @@ class CharTokenizer:
     def decode(self, ids) -> str:
         """Characters of `ids`, skipping specials; `unk` decodes to U+FFFD so its place stays visible."""
         out = []
-        for i in (ids.tolist() if isinstance(ids, torch.Tensor) else ids):
+        for i in ids.tolist() if isinstance(ids, torch.Tensor) else ids:
             if i == UNK:
                 out.append("\ufffd")
             elif i >= len(SPECIALS):

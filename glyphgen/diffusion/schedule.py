@@ -1,0 +1,141 @@
+"""Noise schedules, timestep respacing, and the diffusion config (DESIGN 3.4).
+
+Schedules follow improved DDPM (Nichol & Dhariwal 2021): the cosine schedule defines
+alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2) and takes beta_t = 1 - alpha_bar(t+1)/alpha_bar(t),
+clipped at 0.999 so the last steps do not become singular; the linear schedule of DDPM is rescaled
+so any step count spans the same noise range as 1000 steps. Everything is float64: alphas_cumprod
+reaches ~1e-8 and the respaced betas are ratios of neighbouring values.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+
+from glyphgen.config import require
+
+SCHEDULES = ("cosine", "linear")
+SAMPLERS = ("ddpm", "ddim")
+
+
+def cosine_betas(steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
+    """Betas of the cosine schedule, float64 [steps]."""
+    t = torch.arange(steps + 1, dtype=torch.float64) / steps
+    alpha_bar = torch.cos((t + s) / (1 + s) * math.pi / 2) ** 2
+    return (1 - alpha_bar[1:] / alpha_bar[:-1]).clamp(max=max_beta)
+
+
+def linear_betas(steps: int) -> torch.Tensor:
+    """Betas of the DDPM linear schedule (1e-4 .. 0.02 at 1000 steps), float64 [steps]."""
+    scale = 1000 / steps
+    return torch.linspace(scale * 1e-4, scale * 0.02, steps, dtype=torch.float64)
+
+
+def make_betas(schedule: str, steps: int) -> torch.Tensor:
+    """Betas for a schedule named in `SCHEDULES`."""
+    if schedule == "cosine":
+        return cosine_betas(steps)
+    if schedule == "linear":
+        return linear_betas(steps)
+    raise ValueError(f"unknown noise schedule {schedule!r} (expected one of {', '.join(SCHEDULES)})")
+
+
+def space_timesteps(num_steps: int, spec: str) -> list[int]:
+    """The timesteps of a `num_steps` diffusion to keep when sampling, sorted ascending.
+
+    `spec` is either "ddimN" (every k-th step from 0, for the k that gives exactly N steps, as in the
+    DDIM paper) or comma-separated counts: the steps are cut into that many equal sections and each
+    section keeps its count of evenly spaced steps, both ends included ("50" keeps 0, ..., 999;
+    "90,60,60,20,20" spends more steps at low noise). A section keeping a single step keeps its last
+    (noisiest) one, so a 1-step sampler starts from pure noise. Bad specs raise a one-line ValueError.
+    """
+
+    def bad(reason: str) -> ValueError:
+        return ValueError(f"invalid timestep spec {spec!r} for {num_steps} steps: {reason}")
+
+    spec = spec.strip()
+    if spec.startswith("ddim"):
+        try:
+            count = int(spec[len("ddim") :])
+        except ValueError:
+            raise bad("expected ddimN with an integer N") from None
+        if not 1 <= count <= num_steps:
+            raise bad(f"N must be between 1 and {num_steps}")
+        for stride in range(1, num_steps + 1):
+            if len(range(0, num_steps, stride)) == count:
+                return list(range(0, num_steps, stride))
+        raise bad(f"no integer stride gives exactly {count} steps")
+
+    try:
+        counts = [int(part) for part in spec.split(",")]
+    except ValueError:
+        raise bad('expected step counts like "50" or "90,60,60,20,20", or "ddimN"') from None
+    if len(counts) > num_steps:
+        raise bad(f"more sections than steps ({len(counts)})")
+    size, extra = divmod(num_steps, len(counts))
+    kept: list[int] = []
+    start = 0
+    for i, count in enumerate(counts):
+        section = size + (1 if i < extra else 0)
+        if not 1 <= count <= section:
+            raise bad(f"section {i} has {section} steps, cannot keep {count}")
+        if count == 1:
+            kept.append(start + section - 1)
+        else:
+            stride = (section - 1) / (count - 1)
+            kept.extend(start + round(j * stride) for j in range(count))
+        start += section
+    return kept
+
+
+@dataclass
+class DiffusionConfig:
+    steps: int = 1000
+    """Diffusion steps T the model is trained on."""
+    schedule: str = "cosine"
+    """Noise schedule: "cosine" (improved DDPM) or "linear" (DDPM, rescaled to `steps`)."""
+    learn_sigma: bool = True
+    """The model also outputs a variance interpolation (2*C output channels) trained by the VLB."""
+    vlb_weight: float = 0.001
+    """Lambda of the hybrid loss MSE(eps) + lambda * L_vlb, with L_vlb the full sum over the T steps."""
+    p_uncond: float = 0.1
+    """Probability that training replaces a transcript with the null text (classifier-free guidance)."""
+    sample_steps: str = "50"
+    """Default timestep respacing for sampling: "250", "50", section counts "90,60,60,20,20", "ddim50"."""
+    sampler: str = "ddim"
+    """Default sampler: "ddpm" (ancestral) or "ddim"."""
+    guidance: float = 3.0
+    """Default classifier-free guidance scale: eps_c + scale * (eps_c - eps_null); 0 = no guidance."""
+    ddim_eta: float = 0.0
+    """DDIM stochasticity: 0 is deterministic given the starting noise, 1 matches DDPM's variance."""
+    noise_aug_max: float = 0.0
+    """Superres: noise the low-res conditioning image to a random timestep up to this fraction of T
+    during training (Imagen noise-conditioning augmentation); 0 disables it."""
+
+    def __post_init__(self):
+        require(self.steps >= 2, "steps", f"must be >= 2, got {self.steps}")
+        require(
+            self.schedule in SCHEDULES,
+            "schedule",
+            f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}",
+        )
+        require(self.vlb_weight >= 0, "vlb_weight", f"must be >= 0, got {self.vlb_weight}")
+        require(0 <= self.p_uncond <= 1, "p_uncond", f"must be in [0, 1], got {self.p_uncond}")
+        try:
+            space_timesteps(self.steps, self.sample_steps)
+        except ValueError as err:
+            require(False, "sample_steps", str(err))
+        require(
+            self.sampler in SAMPLERS,
+            "sampler",
+            f"must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}",
+        )
+        require(self.guidance >= 0, "guidance", f"must be >= 0, got {self.guidance}")
+        require(self.ddim_eta >= 0, "ddim_eta", f"must be >= 0, got {self.ddim_eta}")
+        require(
+            0 <= self.noise_aug_max <= 1,
+            "noise_aug_max",
+            f"must be in [0, 1], got {self.noise_aug_max}",
+        )

@@ -1,0 +1,90 @@
+"""Named model sizes, like DiT's registry: each name is a function returning a fresh `UNetConfig`.
+
+Every size keeps every mechanism on (weave attention, self-attention, relative bias, line
+embedding, timestep-aware encoder), so the tiny ones test the same code paths the big ones train.
+`SANDWICH` names the base each super-resolution size is warm-started from.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from glyphgen.models.text_encoder import TextEncoderConfig
+from glyphgen.models.unet import UNet, UNetConfig
+
+
+def _tiny_text() -> TextEncoderConfig:
+    return TextEncoderConfig(
+        width=64, depth=2, heads=4, max_length=96, max_lines=8, rel_buckets=16, rel_max_distance=32
+    )
+
+
+def tiny() -> UNetConfig:
+    """32 px, ~1M parameters: tests and the CPU demo pipeline."""
+    return UNetConfig(
+        resolution=32,
+        model_channels=32,
+        channel_mult=[1, 2, 2],
+        num_res_blocks=1,
+        attention_resolutions=[16, 8],
+        text_resolutions=[16, 8],
+        head_channels=16,
+        text=_tiny_text(),
+    )
+
+
+def tiny_sr() -> UNetConfig:
+    """32 -> 64 px super-resolution: `tiny` with one more outer level."""
+    return UNetConfig(
+        resolution=64,
+        model_channels=32,
+        channel_mult=[1, 1, 2, 2],
+        num_res_blocks=1,
+        attention_resolutions=[16, 8],
+        text_resolutions=[16, 8],
+        head_channels=16,
+        superres=True,
+        text=_tiny_text(),
+    )
+
+
+def base64() -> UNetConfig:
+    """64 px base: the seed's first model that could write; the GPU quality run trains this one."""
+    return UNetConfig(
+        resolution=64,
+        model_channels=128,
+        channel_mult=[1, 2, 3, 4],
+        num_res_blocks=2,
+        attention_resolutions=[32, 16, 8],
+        text_resolutions=[32, 16, 8],
+    )
+
+
+def base128() -> UNetConfig:
+    """128 px base at the seed's size: 192 channels, mult (1,2,2,4,4), attention at 32/16/8."""
+    return UNetConfig()
+
+
+def sr256() -> UNetConfig:
+    """128 -> 256 px super-resolution: `base128` sandwiched in one more outer level."""
+    return UNetConfig(resolution=256, channel_mult=[1, 1, 2, 2, 4, 4], superres=True)
+
+
+MODELS: dict[str, Callable[[], UNetConfig]] = {
+    "tiny": tiny,
+    "tiny-sr": tiny_sr,
+    "base64": base64,
+    "base128": base128,
+    "sr256": sr256,
+}
+SANDWICH: dict[str, str] = {"tiny-sr": "tiny", "sr256": "base128"}
+
+
+def model_config(name: str) -> UNetConfig:
+    if name not in MODELS:
+        raise ValueError(f"unknown model size {name!r}; choose one of {', '.join(MODELS)}")
+    return MODELS[name]()
+
+
+def create_model(cfg: UNetConfig | str) -> UNet:
+    return UNet(model_config(cfg) if isinstance(cfg, str) else cfg)

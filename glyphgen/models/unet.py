@@ -1,0 +1,180 @@
+"""The text-conditioned U-Net (DESIGN 3.2) and its super-resolution variant (DESIGN 3.3).
+
+Layout follows OpenAI's improved-diffusion so that block indices mean the same thing in the base
+and the super-resolution model (the sandwich warm start maps them): `input_blocks[0]` is the input
+conv; each level then has `num_res_blocks` blocks plus a downsampling block (but the last level);
+`middle_block`; `output_blocks` run from the lowest resolution up, `num_res_blocks + 1` per level,
+the last block of a level ending in an upsampling ResBlock (but the top level); `out` is the head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from glyphgen.config import require
+from glyphgen.models.attention import SelfAttention, WeaveAttention
+from glyphgen.models.blocks import ResBlock, group_norm, timestep_embedding, zero_module
+from glyphgen.models.text_encoder import TextEncoder, TextEncoderConfig
+
+TEXT_ATTENTION = ("weave", "glide", "none")
+
+
+@dataclass
+class UNetConfig:
+    resolution: int = 128
+    """Side of the (square) images the model denoises."""
+    in_channels: int = 3
+    """Image channels (RGB; grayscale data is repeated to RGB)."""
+    model_channels: int = 192
+    """Channels of the first level; level i has model_channels * channel_mult[i]."""
+    channel_mult: list[int] = field(default_factory=lambda: [1, 2, 2, 4, 4])
+    """Channel multiplier per level; one level per entry, each halving the resolution."""
+    num_res_blocks: int = 2
+    """ResBlocks per level on the way down (one more on the way up)."""
+    attention_resolutions: list[int] = field(default_factory=lambda: [32, 16, 8])
+    """Feature resolutions that get image self-attention."""
+    text_resolutions: list[int] = field(default_factory=lambda: [32, 16, 8])
+    """Output-block resolutions that get a weave text-attention layer after each ResBlock."""
+    head_channels: int = 64
+    """Channels per attention head."""
+    dropout: float = 0.0
+    """Dropout inside ResBlocks."""
+    learn_sigma: bool = True
+    """Also output the variance interpolation (2x channels), for the hybrid loss."""
+    text_attention: str = "weave"
+    """How the image sees the text: "weave" (the seed), "glide" (text appended to self-attention
+    keys/values) or "none" (no text: an unconditional model)."""
+    superres: bool = False
+    """Super-resolution model: the low-res image is upsampled and concatenated to the input."""
+    text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
+    """The character-level text encoder."""
+
+    def __post_init__(self):
+        levels = len(self.channel_mult)
+        require(levels >= 1, "channel_mult", "needs at least one level")
+        require(
+            self.resolution % 2 ** (levels - 1) == 0,
+            "resolution",
+            f"{self.resolution} cannot be halved {levels - 1} times",
+        )
+        require(
+            self.text_attention in TEXT_ATTENTION,
+            "text_attention",
+            f"must be one of {', '.join(TEXT_ATTENTION)}, got {self.text_attention!r}",
+        )
+        feature_sizes = {self.resolution >> i for i in range(levels)}
+        for key in ("attention_resolutions", "text_resolutions"):
+            bad = sorted(set(getattr(self, key)) - feature_sizes)
+            require(not bad, key, f"{bad} are not feature resolutions of this U-Net {sorted(feature_sizes)}")
+        require(
+            self.text_attention != "glide" or bool(self.attention_resolutions),
+            "attention_resolutions",
+            "glide text attention lives in self-attention layers: name at least one resolution",
+        )
+
+    @property
+    def out_channels(self) -> int:
+        return self.in_channels * (2 if self.learn_sigma else 1)
+
+
+class Block(nn.ModuleList):
+    """A sequence of layers, each called with the conditioning it needs."""
+
+    def forward(self, x, emb, text, text_mask):
+        for layer in self:
+            if isinstance(layer, ResBlock):
+                x = layer(x, emb)
+            elif isinstance(layer, WeaveAttention):
+                x = layer(x, emb, text, text_mask)
+            elif isinstance(layer, SelfAttention):
+                x = layer(x, text, text_mask)
+            else:
+                x = layer(x)
+        return x
+
+
+class UNet(nn.Module):
+    """model(x_t [B, C, H, W], t [B], tokens [B, L], mask [B, L], low_res=None) -> [B, out_channels, H, W]."""
+
+    def __init__(self, cfg: UNetConfig):
+        super().__init__()
+        self.cfg = cfg
+        mc, emb_dim = cfg.model_channels, 4 * cfg.model_channels
+        text_dim = cfg.text.width if cfg.text_attention != "none" else None
+        glide_dim = text_dim if cfg.text_attention == "glide" else None
+        weave = cfg.text_attention == "weave"
+
+        self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
+        self.text_encoder = TextEncoder(cfg.text, emb_dim) if text_dim else None
+
+        def attention(ch: int, res: int) -> list[nn.Module]:
+            return (
+                [SelfAttention(ch, cfg.head_channels, glide_dim)] if res in cfg.attention_resolutions else []
+            )
+
+        in_ch = cfg.in_channels * (2 if cfg.superres else 1)
+        ch, res = mc * cfg.channel_mult[0], cfg.resolution
+        self.input_blocks = nn.ModuleList([Block([nn.Conv2d(in_ch, ch, 3, padding=1)])])
+        skips = [ch]
+        for level, mult in enumerate(cfg.channel_mult):
+            for _ in range(cfg.num_res_blocks):
+                self.input_blocks.append(
+                    Block([ResBlock(ch, emb_dim, mc * mult, cfg.dropout), *attention(mc * mult, res)])
+                )
+                ch = mc * mult
+                skips.append(ch)
+            if level < len(cfg.channel_mult) - 1:
+                self.input_blocks.append(Block([ResBlock(ch, emb_dim, ch, cfg.dropout, resample="down")]))
+                skips.append(ch)
+                res //= 2
+
+        self.middle_block = Block(
+            [
+                ResBlock(ch, emb_dim, ch, cfg.dropout),
+                SelfAttention(ch, cfg.head_channels, glide_dim),
+                ResBlock(ch, emb_dim, ch, cfg.dropout),
+            ]
+        )
+
+        self.output_blocks = nn.ModuleList()
+        for level, mult in reversed(list(enumerate(cfg.channel_mult))):
+            for i in range(cfg.num_res_blocks + 1):
+                layers: list[nn.Module] = [ResBlock(ch + skips.pop(), emb_dim, mc * mult, cfg.dropout)]
+                ch = mc * mult
+                layers += attention(ch, res)
+                if weave and res in cfg.text_resolutions:
+                    layers.append(WeaveAttention(ch, text_dim, cfg.head_channels, emb_dim, res))
+                if level and i == cfg.num_res_blocks:
+                    layers.append(ResBlock(ch, emb_dim, ch, cfg.dropout, resample="up"))
+                    res *= 2
+                self.output_blocks.append(Block(layers))
+
+        self.out = nn.Sequential(
+            group_norm(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
+        )
+
+    def forward(self, x, t, tokens=None, mask=None, low_res=None):
+        emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels))
+        text = text_mask = None
+        if self.text_encoder is not None:
+            if tokens is None or mask is None:
+                raise ValueError("this model is text-conditioned: pass tokens and mask")
+            text, text_mask = self.text_encoder(tokens, mask, emb)
+        if self.cfg.superres:
+            if low_res is None:
+                raise ValueError("a super-resolution model needs the low-res image (low_res=...)")
+            low_res = F.interpolate(low_res, size=x.shape[-2:], mode="bilinear", align_corners=False)
+            x = torch.cat([x, low_res.to(x.dtype)], dim=1)
+        hs = []
+        h = x
+        for block in self.input_blocks:
+            h = block(h, emb, text, text_mask)
+            hs.append(h)
+        h = self.middle_block(h, emb, text, text_mask)
+        for block in self.output_blocks:
+            h = block(torch.cat([h, hs.pop()], dim=1), emb, text, text_mask)
+        return self.out(h)
