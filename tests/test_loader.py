@@ -136,3 +136,20 @@ def test_unknown_characters_are_counted_in_the_loader(tmp_path):
     with pytest.warns(UserWarning, match="2 characters outside the alphabet"):
         batch = next(iter(make_loader(cfg, tok)))
     assert batch["text"][0] == "café" and tok.decode(batch["tokens"][0]) == "caf\ufffd"
+
+
+@pytest.mark.parametrize("workers", [0, 2, 3])
+def test_resume_mid_epoch_continues_the_same_stream(tmp_path, workers):
+    write_shards(tmp_path / "s", 40, maxcount=5)
+    cfg = LoaderConfig(
+        shards=str(tmp_path / "s"), resolution=32, batch_size=2, num_workers=workers, shuffle_buffer=6
+    )
+    uninterrupted = make_loader(cfg)
+    epoch0, epoch1 = list(uninterrupted), list(uninterrupted)
+    resumed = make_loader(cfg, epoch_fn=lambda: 1)  # a restarted run, told its epoch by the trainer
+    resumed.resume(1, 5)
+    after = list(resumed)
+    assert [b["position"] for b in after] == [(1, i) for i in range(5, len(epoch1))]
+    assert [b["text"] for b in after] == [b["text"] for b in epoch1[5:]]
+    assert epoch0[0]["position"] == (0, 0)
+    assert [b["text"] for b in epoch0] != [b["text"] for b in epoch1]

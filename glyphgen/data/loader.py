@@ -6,8 +6,10 @@ Two ways to split data (see ../shared/notes/webdataset-lightning.md):
   counts as the minimum over every (rank, worker), so every rank yields exactly the same number of
   batches each epoch and DDP never waits on a rank that ran dry. Each worker's stream cycles its own
   shards, so even a corrupt shard cannot put a rank out of step.
-- `resampled=True`: every worker draws shards with replacement (deterministically seeded by rank,
-  worker and epoch); the epoch length is set, not counted.
+- `resampled=True`: every worker draws shards with replacement; the epoch length is set, not counted.
+
+Every random choice is seeded by (seed, rank, worker, epoch), so an epoch is reproducible and a
+resumed run can skip exactly the batches it already trained on (`StreamLoader.resume`).
 
 Samples are shuffled as raw bytes (smaller), then decoded, then batched inside the worker; a batch is
 `{"image": uint8 [B, C, H, W], "tokens": int64 [B, L], "mask": bool [B, L], "text": list[str]}`.
@@ -17,6 +19,7 @@ A corrupt member or shard is skipped, counted and warned about, never a crash.
 from __future__ import annotations
 
 import io
+import itertools
 import math
 import random
 import warnings
@@ -168,74 +171,119 @@ class Collate:
         }
 
 
-class SeededShuffle:
-    """A shuffle buffer seeded by (seed, rank, worker, epoch): reproducible, different per epoch."""
-
-    def __init__(self, bufsize: int, seed: int):
-        self.bufsize = bufsize
-        self.seed = seed
-        self.epoch = 0
-
-    def __call__(self, src):
-        rank, _, worker, _ = wds.utils.pytorch_worker_info()
-        rng = random.Random(hash((self.seed, rank, worker, self.epoch)))
-        self.epoch += 1
-        return wds.filters._shuffle(src, self.bufsize, min(self.bufsize, 100), rng=rng)
-
-
 def world_size() -> int:
     return wds.utils.pytorch_worker_info()[1]
 
 
-def make_dataset(cfg: LoaderConfig, tokenizer: CharTokenizer) -> tuple[wds.DataPipeline, int]:
-    """The per-worker pipeline and the number of batches per rank per epoch."""
+class ShardStream(torch.utils.data.IterableDataset):
+    """One epoch of batches for the current (rank, worker): exactly `per_worker` of them.
+
+    Everything random is seeded by (seed, rank, worker, epoch), so an epoch is reproducible, and
+    `start(epoch, skip)` resumes it with each worker `skip` batches in (raw samples are skipped,
+    before decoding)."""
+
+    def __init__(self, urls: list[str], cfg: LoaderConfig, tokenizer: CharTokenizer, per_worker: int):
+        self.urls, self.cfg, self.per_worker = urls, cfg, per_worker
+        self.collate = Collate(tokenizer, cfg.pad_to)
+        self.epoch, self.skip = 0, 0
+
+    def start(self, epoch: int, skip: int = 0) -> None:
+        """Set the epoch (and the batches per worker already trained on) for the next iteration."""
+        self.epoch, self.skip = epoch, skip
+
+    def _shard_urls(self, rng: random.Random, rank: int, world: int, worker: int, workers: int):
+        if self.cfg.resampled:
+            while True:
+                yield {"url": rng.choice(self.urls)}
+        # The same split as webdataset's split_by_node then split_by_worker, cycled so a worker whose
+        # shards turn out short (corrupt) still yields its share and keeps the ranks in step.
+        mine = self.urls[rank::world][worker::workers]
+        for cycle in itertools.count():
+            order = list(mine)
+            if cycle:
+                rng.shuffle(order)
+            yield from ({"url": u} for u in order)
+
+    def __iter__(self):
+        rank, world, worker, workers = wds.utils.pytorch_worker_info()
+        rng = random.Random(hash((self.cfg.seed, rank, worker, self.epoch)))
+        skip = self.skip
+        samples = wds.tarfile_to_samples(handler=count_and_warn)(
+            self._shard_urls(rng, rank, world, worker, workers)
+        )
+        if self.cfg.shuffle_buffer:
+            samples = wds.filters._shuffle(
+                samples, self.cfg.shuffle_buffer, min(self.cfg.shuffle_buffer, 100), rng=rng
+            )
+        samples = itertools.islice(samples, skip * self.cfg.batch_size, None)
+        decoded = wds.filters._map(samples, self._decode, handler=count_and_warn)
+        batches = wds.filters._batched(decoded, self.cfg.batch_size, collation_fn=self.collate, partial=False)
+        yield from itertools.islice(batches, max(0, self.per_worker - skip))
+
+    def _decode(self, sample: dict) -> dict:
+        return decode_sample(sample, self.cfg.resolution, self.cfg.channels)
+
+
+def make_dataset(cfg: LoaderConfig, tokenizer: CharTokenizer) -> tuple[ShardStream, int]:
+    """The per-worker stream and the number of batches per rank per epoch."""
     urls, counts = resolve_shards(cfg.shards)
     workers = max(cfg.num_workers, 1)
-    ranks = world_size()
     if cfg.resampled:
-        source = [wds.ResampledShards(urls, seed=cfg.seed, deterministic=True)]
-        total = cfg.epoch_batches or (sum(counts) // (cfg.batch_size * ranks) if counts else None)
+        total = cfg.epoch_batches or (sum(counts) // (cfg.batch_size * world_size()) if counts else None)
         if not total:
             raise ValueError(f"{cfg.shards}: set epoch_batches (the data set size is not known)")
         per_worker = max(1, total // workers)
+    elif counts is None:
+        if cfg.epoch_batches is None:
+            raise ValueError(f"{cfg.shards}: set epoch_batches or resampled=true for a URL pattern")
+        per_worker = max(1, cfg.epoch_batches // workers)
     else:
-        if counts is None:
-            if cfg.epoch_batches is None:
-                raise ValueError(f"{cfg.shards}: set epoch_batches or resampled=true for a URL pattern")
-            per_worker = max(1, cfg.epoch_batches // workers)
-        else:
-            per_worker = split_batches(counts, cfg.batch_size, ranks, cfg.num_workers)
-            if cfg.epoch_batches:
-                per_worker = min(per_worker, max(1, cfg.epoch_batches // workers))
-        source = [wds.SimpleShardList(urls), wds.split_by_node, wds.split_by_worker]
-    stages = [
-        *source,
-        wds.tarfile_to_samples(handler=count_and_warn),
-        *([SeededShuffle(cfg.shuffle_buffer, cfg.seed)] if cfg.shuffle_buffer else []),
-        wds.map(_Decode(cfg.resolution, cfg.channels), handler=count_and_warn),
-        wds.batched(cfg.batch_size, collation_fn=Collate(tokenizer, cfg.pad_to), partial=False),
-    ]
-    # with_epoch repeats the stream and cuts it at per_worker batches: each worker yields exactly that.
-    return wds.DataPipeline(*stages).with_epoch(per_worker), per_worker * workers
+        per_worker = split_batches(counts, cfg.batch_size, world_size(), cfg.num_workers)
+        if cfg.epoch_batches:
+            per_worker = min(per_worker, max(1, cfg.epoch_batches // workers))
+    return ShardStream(urls, cfg, tokenizer, per_worker), per_worker * workers
 
 
-class _Decode:
-    def __init__(self, resolution: int, channels: int):
-        self.resolution, self.channels = resolution, channels
+class StreamLoader:
+    """Batches for training: a fresh DataLoader over the `ShardStream` each epoch (so each epoch's
+    position reaches the workers), `len()` batches per rank per epoch.
 
-    def __call__(self, sample: dict) -> dict:
-        return decode_sample(sample, self.resolution, self.channels)
+    `epoch_fn` tells the epoch (e.g. the trainer's); without it epochs are counted. `resume(epoch,
+    batches)` makes that epoch start after the batches already trained on, for exact resumption.
+    Each batch carries `position` = (epoch, index in the epoch)."""
+
+    def __init__(self, dataset: ShardStream, batches: int, num_workers: int, epoch_fn=None):
+        self.dataset, self.batches, self.num_workers, self.epoch_fn = dataset, batches, num_workers, epoch_fn
+        self._epochs = 0
+        self._resume: dict[int, int] = {}
+
+    def __len__(self) -> int:
+        return self.batches
+
+    def resume(self, epoch: int, batches: int) -> None:
+        self._resume[epoch] = batches
+
+    def __iter__(self):
+        epoch = self.epoch_fn() if self.epoch_fn is not None else self._epochs
+        self._epochs = epoch + 1
+        skip = self._resume.pop(epoch, 0)
+        # A DataLoader takes batch i from worker i % workers, starting at worker 0: workers skip whole
+        # rounds, and the remainder is dropped here.
+        workers = max(self.num_workers, 1)
+        self.dataset.start(epoch, skip // workers)
+        loader = torch.utils.data.DataLoader(
+            self.dataset,
+            batch_size=None,
+            num_workers=self.num_workers,
+            prefetch_factor=4 if self.num_workers else None,
+        )
+        for index, batch in enumerate(loader, start=skip - skip % workers):
+            if index >= skip:
+                batch["position"] = (epoch, index)
+                yield batch
 
 
-def make_loader(cfg: LoaderConfig, tokenizer: CharTokenizer | None = None) -> wds.WebLoader:
-    """A DataLoader over `make_dataset`; `len(loader)` is the number of batches per rank per epoch."""
+def make_loader(cfg: LoaderConfig, tokenizer: CharTokenizer | None = None, epoch_fn=None) -> StreamLoader:
+    """The training loader: `len(loader)` batches per rank per epoch, the same on every rank."""
     dataset, batches = make_dataset(cfg, tokenizer or CharTokenizer())
-    loader = wds.WebLoader(
-        dataset,
-        batch_size=None,
-        num_workers=cfg.num_workers,
-        persistent_workers=cfg.num_workers > 0,
-        prefetch_factor=4 if cfg.num_workers > 0 else None,
-    )
-    # with_epoch already ends the epoch at `batches`; the length is for progress bars.
-    return loader.with_length(batches, silent=True)
+    return StreamLoader(dataset, batches, cfg.num_workers, epoch_fn)

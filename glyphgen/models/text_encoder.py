@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from glyphgen.config import require
-from glyphgen.text.tokenizer import DEFAULT_ALPHABET, SPECIALS
+from glyphgen.text.alphabet import DEFAULT_ALPHABET, SPECIALS
 
 
 @dataclass

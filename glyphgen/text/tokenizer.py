@@ -7,18 +7,25 @@ padding and lost BOS in the mask). `null` is the classifier-free-guidance "no te
 
 from __future__ import annotations
 
-import string
 import warnings
 from dataclasses import dataclass
 
 import torch
 
 from glyphgen.config import require
+from glyphgen.text.alphabet import BOS, DEFAULT_ALPHABET, EOS, NULL, PAD, SPECIALS, UNK
 
-# Printable ASCII with case kept, plus the newline that separates lines of a transcript.
-DEFAULT_ALPHABET = "\n" + "".join(c for c in string.printable if c not in "\t\n\r\x0b\x0c")
-PAD, BOS, EOS, UNK, NULL = range(5)
-SPECIALS = ("<pad>", "<bos>", "<eos>", "<unk>", "<null>")
+__all__ = [
+    "BOS",
+    "DEFAULT_ALPHABET",
+    "EOS",
+    "NULL",
+    "PAD",
+    "SPECIALS",
+    "UNK",
+    "CharTokenizer",
+    "TokenizerConfig",
+]
 
 
 @dataclass

@@ -1,0 +1,161 @@
+"""The `glyphgen` command: a thin layer over the Python API.
+
+Every verb takes `--config FILE` (repeatable, merged in order), a few common options, and trailing
+OmegaConf dotlist overrides (`render.line_spacing=[1.0,1.4]`). A user mistake prints one line,
+`glyphgen: error: ...`, and exits with status 2; set GLYPHGEN_DEBUG=1 to see the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+from pathlib import Path
+
+from glyphgen.config import ConfigError, load_config
+
+
+class UserError(Exception):
+    """A mistake in what the user asked for: reported in one line, no traceback."""
+
+
+def _config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", action="append", default=[], metavar="FILE", help="YAML config (repeatable)")
+    p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotlist overrides, applied last")
+
+
+def _shard_args(p: argparse.ArgumentParser, count: bool = True) -> None:
+    _config_args(p)
+    p.add_argument("--out", help="output shard folder")
+    p.add_argument("--resolution", type=int, help="image side in pixels")
+    if count:
+        p.add_argument("--count", type=int, help="number of samples")
+    p.add_argument("--workers", type=int, help="worker processes (0: one per core)")
+    p.add_argument("--seed", type=int)
+    p.add_argument("--overwrite", action="store_true", help="replace a folder that already holds shards")
+    p.add_argument("--preview", type=Path, metavar="PNG", help="also write a grid of samples to look at")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="glyphgen", description=__doc__.splitlines()[0])
+    verbs = parser.add_subparsers(dest="verb", required=True)
+
+    fonts = verbs.add_parser("fonts", help="list usable fonts and their character coverage")
+    _config_args(fonts)
+    fonts.add_argument("--font-dir", action="append", default=[], help="extra folder to scan")
+
+    shards = verbs.add_parser("make-shards", help="build WebDataset shards")
+    kinds = shards.add_subparsers(dest="kind", required=True)
+    _shard_args(kinds.add_parser("synthetic", help="text drawn in real fonts on flat backgrounds"))
+    real = kinds.add_parser("real", help="your images, with sidecar/manifest transcripts or OCR")
+    _shard_args(real, count=False)
+    src = real.add_mutually_exclusive_group()
+    src.add_argument("--images", help="folder of images (optional NAME.txt transcript beside each)")
+    src.add_argument("--manifest", help='JSONL file of {"image": path, "text": optional}')
+    _shard_args(kinds.add_parser("demo-real", help="the embedded demo set: real photos composed with text"))
+
+    info = verbs.add_parser("model-info", help="parameters and forward FLOPs of a model size")
+    info.add_argument("size", help="a named size (tiny, tiny-sr, base64, base128, sr256) or a model YAML")
+    info.add_argument("--text-length", type=int, default=64, help="text tokens in the FLOP count")
+    info.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="model config overrides")
+
+    check = verbs.add_parser("check-shards", help="stream a shard folder once and report what it holds")
+    _config_args(check)
+    check.add_argument("shards", help="shard folder or URL pattern")
+    return parser
+
+
+def _values(args: argparse.Namespace, names: list[str]) -> dict:
+    return {n: getattr(args, n) for n in names if getattr(args, n, None) is not None}
+
+
+def cmd_fonts(args) -> None:
+    from glyphgen.data.fonts import FontConfig, discover_fonts, format_font_table
+    from glyphgen.text.alphabet import DEFAULT_ALPHABET
+
+    cfg = load_config(FontConfig, args.config, args.overrides, values={"font_dirs": args.font_dir or None})
+    print(format_font_table(discover_fonts(cfg, DEFAULT_ALPHABET), DEFAULT_ALPHABET))
+
+
+def cmd_make_shards(args) -> None:
+    common = ["out", "resolution", "count", "workers", "seed", "images", "manifest"]
+    if args.kind == "synthetic":
+        from glyphgen.data.synthetic import SyntheticConfig as Schema
+        from glyphgen.data.synthetic import build_synthetic_shards as build
+    elif args.kind == "real":
+        from glyphgen.data.real import RealConfig as Schema
+        from glyphgen.data.real import build_real_shards as build
+    else:
+        from glyphgen.data.demo import DemoRealConfig as Schema
+        from glyphgen.data.demo import build_demo_real_shards as build
+    cfg = load_config(Schema, args.config, args.overrides, values=_values(args, common))
+    report = build(cfg, overwrite=args.overwrite, preview=args.preview)
+    print(report.out)
+
+
+def cmd_check_shards(args) -> None:
+    import time
+
+    from glyphgen.data.loader import LoaderConfig, make_loader, skip_counts
+
+    cfg = load_config(LoaderConfig, args.config, args.overrides, values={"shards": args.shards})
+    start, images, batches = time.perf_counter(), 0, 0
+    loader = make_loader(cfg)
+    for batch in loader:
+        images += len(batch["text"])
+        batches += 1
+    seconds = time.perf_counter() - start
+    skips = sum(skip_counts().values())
+    print(
+        f"{cfg.shards}: {batches} batches of {cfg.batch_size} ({images} images) in {seconds:.1f}s, "
+        f"{images / seconds:.0f} images/s with {cfg.num_workers} workers; "
+        f"{skips} corrupt items skipped in the main process"
+    )
+
+
+def cmd_model_info(args) -> None:
+    import torch
+
+    from glyphgen.models.info import model_info
+    from glyphgen.models.registry import MODELS, model_config
+    from glyphgen.models.unet import UNet, UNetConfig
+
+    if args.size in MODELS:
+        cfg = load_config(UNetConfig, overrides=args.overrides, defaults=model_config(args.size))
+    else:
+        cfg = load_config(UNetConfig, [args.size], args.overrides)
+    with torch.device("cpu"):
+        info = model_info(UNet(cfg), args.text_length)
+    width = max(map(len, info))
+    for key, value in info.items():
+        shown = (
+            f"{value:,.3f}" if isinstance(value, float) else f"{value:,}" if isinstance(value, int) else value
+        )
+        print(f"{key:<{width}}  {shown}")
+
+
+COMMANDS = {
+    "model-info": cmd_model_info,
+    "fonts": cmd_fonts,
+    "make-shards": cmd_make_shards,
+    "check-shards": cmd_check_shards,
+}
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        COMMANDS[args.verb](args)
+    except (ConfigError, UserError, FileNotFoundError, FileExistsError, ValueError) as e:
+        if os.environ.get("GLYPHGEN_DEBUG"):
+            raise
+        print(f"glyphgen: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("glyphgen: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

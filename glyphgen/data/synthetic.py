@@ -1,0 +1,381 @@
+"""Stage-1 data (DESIGN 2.1): grayscale images of random text drawn with real fonts, as shards.
+
+Every sample depends only on (seed, index): its own `random.Random` draws the text, the font (one
+that has every glyph of the text), the size, the line spacing, the alignment, the position and the
+lightness of text and background. So the same seed gives the same bytes whatever the worker count.
+The text is laid out by measuring it once at a candidate size and scaling, wrapped at word
+boundaries or shrunk until all ink lies inside the margins; texts that only fit below the
+legibility floor (`min_glyph_px`) are redrawn, and after a few failures the index is skipped.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import math
+import random
+import struct
+import zlib
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache, lru_cache
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageDraw, ImageFont
+
+from glyphgen.config import require
+from glyphgen.data.fonts import FontConfig, FontInfo, discover_fonts, fonts_covering
+from glyphgen.data.preview import save_grid
+from glyphgen.data.shards import BuildReport, Sample, Skipped, build_shards
+from glyphgen.data.text_sources import TextConfig, TextSampler
+from glyphgen.text.alphabet import DEFAULT_ALPHABET
+
+RESOLUTIONS = (32, 64, 128, 256)
+ALIGNMENTS = ("left", "center", "right")
+PREVIEW_COUNT = 32
+_ATTEMPTS = 10  # texts drawn per index before it is skipped
+# Font sizes are quantised to ~6% steps so a handful of FreeType objects per font serve every sample.
+_SIZE_LADDER = tuple(sorted({round(6 * 1.06**k) for k in range(90)}))
+# Rough glyph proportions (of the font size) used only to cap text length to what can fit.
+_CAP_HEIGHT, _CHAR_WIDTH = 0.7, 0.55
+_REF = 100  # font size at which per-character metrics are measured, then scaled
+
+
+@dataclass
+class AlignmentWeights:
+    left: float = 1.0
+    """Lines start at the same x (ragged right)."""
+    center: float = 1.0
+    """Lines centred on each other."""
+    right: float = 1.0
+    """Lines end at the same x (ragged left)."""
+
+    def __post_init__(self):
+        for name in ALIGNMENTS:
+            require(getattr(self, name) >= 0, name, f"weight must be >= 0, got {getattr(self, name)}")
+
+
+@dataclass
+class RenderConfig:
+    text_height: tuple[float, float] = (0.12, 0.6)
+    """Range of the font size (em, in pixels) as a fraction of the image side, drawn uniformly;
+    texts too big for the image are then wrapped or shrunk to fit."""
+    min_glyph_px: float = 7.0
+    """Legibility floor: height of a capital letter in pixels. Texts that fit only below it are redrawn."""
+    line_spacing: tuple[float, float] = (1.0, 1.4)
+    """Range of the baseline-to-baseline distance, as a multiple of the font size."""
+    min_contrast: int = 96
+    """Smallest |text lightness - background lightness| on the 0-255 scale (background is uniform)."""
+    alignment: AlignmentWeights = field(default_factory=AlignmentWeights)
+    """Relative weight of each alignment of the lines of a multi-line text."""
+    margin: float = 0.04
+    """Border kept free of ink on every side, as a fraction of the image side."""
+    wrap: float = 0.7
+    """Probability that a text too wide for the image is wrapped at word boundaries (else shrunk)."""
+
+    def __post_init__(self):
+        lo, hi = self.text_height
+        require(0 < lo <= hi <= 1, "text_height", f"need 0 < min <= max <= 1, got {tuple(self.text_height)}")
+        lo, hi = self.line_spacing
+        require(
+            0.8 <= lo <= hi <= 3,
+            "line_spacing",
+            f"need 0.8 <= min <= max <= 3, got {tuple(self.line_spacing)}",
+        )
+        require(self.min_glyph_px > 0, "min_glyph_px", f"must be > 0, got {self.min_glyph_px}")
+        require(
+            0 <= self.min_contrast <= 128, "min_contrast", f"must be in [0, 128], got {self.min_contrast}"
+        )
+        require(0 <= self.margin < 0.25, "margin", f"must be in [0, 0.25), got {self.margin}")
+        require(0 <= self.wrap <= 1, "wrap", f"is a probability, got {self.wrap}")
+        weights = dataclasses.astuple(self.alignment)
+        require(sum(weights) > 0, "alignment", "all alignment weights are zero")
+
+
+@dataclass
+class SyntheticConfig:
+    out: str = "data_shards/synthetic-64"
+    """Folder the shards and manifest.json are written to."""
+    resolution: int = 64
+    """Image side in pixels: one of 32, 64, 128, 256."""
+    count: int = 100_000
+    """Number of sample indices to render (a few may be skipped when their text cannot fit)."""
+    shard_size: int = 10_000
+    """Samples per tar shard (webdataset maxcount)."""
+    seed: int = 0
+    """Base seed: sample i is a function of (seed, i) alone."""
+    workers: int = 0
+    """Worker processes; 0 means one per CPU core."""
+    fonts: FontConfig = field(default_factory=FontConfig)
+    """Where fonts come from."""
+    text: TextConfig = field(default_factory=TextConfig)
+    """What text is drawn."""
+    render: RenderConfig = field(default_factory=RenderConfig)
+    """How it is drawn."""
+    alphabet: str = DEFAULT_ALPHABET
+    """Characters transcripts may use (must match the tokenizer's alphabet)."""
+
+    def __post_init__(self):
+        require(
+            self.resolution in RESOLUTIONS,
+            "resolution",
+            f"must be one of {RESOLUTIONS}, got {self.resolution}",
+        )
+        require(self.count >= 1, "count", f"must be >= 1, got {self.count}")
+        require(self.shard_size >= 1, "shard_size", f"must be >= 1, got {self.shard_size}")
+        require(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
+
+
+@lru_cache(maxsize=2048)
+def _truetype(path: str, size: int) -> ImageFont.FreeTypeFont:
+    # Basic layout: fast, and identical on machines with and without libraqm.
+    return ImageFont.truetype(path, size, layout_engine=ImageFont.Layout.BASIC)
+
+
+class _Metrics:
+    """Advance and ink extent of each character of one font, measured once at size `_REF` and
+    scaled: laying out a text is then arithmetic, not a FreeType call per candidate size."""
+
+    def __init__(self, font: FontInfo):
+        self.font = _truetype(font.path, _REF)
+        self.chars: dict[str, tuple[float, int, int]] = {}
+        tops = [self.font.getbbox(ch, anchor="ls")[1] for ch in "HEIXT0" if ch in font.coverage]
+        self.cap = -min(tops) / _REF if tops and min(tops) < 0 else _CAP_HEIGHT  # capital height, in ems
+
+    def _char(self, ch: str) -> tuple[float, int, int]:
+        if ch not in self.chars:
+            _, top, _, bottom = self.font.getbbox(ch, anchor="ls")
+            self.chars[ch] = (self.font.getlength(ch), top, bottom)
+        return self.chars[ch]
+
+    def width(self, text: str) -> float:
+        """Advance width of `text` in ems (kerning ignored; the final exact check catches it)."""
+        return sum(self._char(c)[0] for c in text) / _REF
+
+    def box(self, text: str) -> tuple[float, float, float]:
+        """(width, top, bottom) of `text` in ems; top and bottom of the ink relative to the
+        baseline (top is negative)."""
+        width, top, bottom = 0.0, 0, 0
+        for c in text:
+            advance, t, b = self._char(c)
+            width, top, bottom = width + advance, min(top, t), max(bottom, b)
+        return width / _REF, top / _REF, bottom / _REF
+
+
+@cache
+def _metrics(font: FontInfo) -> _Metrics:
+    return _Metrics(font)
+
+
+def _ladder_below(size: float) -> int:
+    """The largest quantised font size <= `size` (the smallest one if none is)."""
+    return max((s for s in _SIZE_LADDER if s <= size), default=_SIZE_LADDER[0])
+
+
+def wrap_line(line: str, width_of: Callable[[str], float], width: float) -> list[str]:
+    """Greedy word wrap: as many words per row as fit in `width` (as measured by `width_of`); a
+    word wider than `width` stays on a row of its own (the caller then shrinks the text)."""
+    words = line.split(" ")
+    rows, current = [], words[0]
+    for word in words[1:]:
+        candidate = f"{current} {word}"
+        if width_of(candidate) <= width:
+            current = candidate
+        else:
+            rows.append(current)
+            current = word
+    rows.append(current)
+    return rows
+
+
+def encode_png(image: Image.Image) -> bytes:
+    """8-bit grayscale PNG of an "L" image: filter 0 rows, zlib level 1. Written here rather than
+    with `Image.save` because Pillow's PNG path costs ~200 us of fixed overhead per image, more
+    than drawing a 64 px sample; Pillow decodes the result bit-exactly (see the tests)."""
+    width, height = image.size
+    rows = np.zeros((height, width + 1), np.uint8)  # column 0: each row's filter type, 0 = none
+    rows[:, 1:] = np.asarray(image)
+
+    def chunk(kind: bytes, data: bytes) -> bytes:
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)  # 8-bit, grayscale, no interlace
+    return (
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", header)
+        + chunk(b"IDAT", zlib.compress(rows.tobytes(), 1))
+        + chunk(b"IEND", b"")
+    )
+
+
+def contrasting(rng: random.Random, background: int, min_contrast: int) -> int:
+    """A lightness in 0-255 at least `min_contrast` away from `background`, uniform over those allowed."""
+    n_dark = max(0, background - min_contrast + 1)
+    n_light = max(0, 256 - background - min_contrast)
+    r = rng.randrange(n_dark + n_light)
+    return r if r < n_dark else background + min_contrast + r - n_dark
+
+
+@dataclass(frozen=True)
+class Layout:
+    lines: list[str]
+    font: ImageFont.FreeTypeFont
+    size: int
+    boxes: list[tuple[int, int, int, int]]  # ink box of each line, relative to its left baseline
+    pitch: int  # baseline-to-baseline distance in pixels
+    width: int  # ink box of the whole block
+    height: int
+    top: int  # top of the block's ink relative to the first baseline
+
+
+def _measure(lines: list[str], font: ImageFont.FreeTypeFont, size: int, pitch: int) -> Layout:
+    boxes = [tuple(int(v) for v in font.getbbox(line, anchor="ls")) for line in lines]
+    width = max(x1 - x0 for x0, _, x1, _ in boxes)
+    top = min(y0 + i * pitch for i, (_, y0, _, _) in enumerate(boxes))
+    bottom = max(y1 + i * pitch for i, (_, _, _, y1) in enumerate(boxes))
+    return Layout(lines, font, size, boxes, pitch, width, bottom - top, top)
+
+
+class SyntheticRenderer:
+    """Renders sample `index` of a synthetic data set; holds the per-process font and text state."""
+
+    def __init__(self, cfg: SyntheticConfig, fonts: list[FontInfo]):
+        self.cfg = cfg
+        self.style = cfg.render
+        self.res = cfg.resolution
+        self.margin = round(cfg.render.margin * self.res)
+        self.avail = self.res - 2 * self.margin
+        self.fonts = fonts
+        # Characters every font has: most texts need no per-font coverage check at all.
+        self._common = frozenset.intersection(*(f.coverage for f in fonts))
+        self.text = TextSampler(self._fitting_text_config(), cfg.alphabet)
+        self._align_weights = dataclasses.astuple(cfg.render.alignment)
+
+    def _fitting_text_config(self) -> TextConfig:
+        """Cap line length and line count to what can fit at the legibility floor, so that few
+        drawn texts are thrown away (at 64 px about 10 characters by 5 lines)."""
+        min_em = self.style.min_glyph_px / _CAP_HEIGHT
+        chars = max(1, int(self.avail / (_CHAR_WIDTH * min_em)))
+        lines = max(1, 1 + int((self.avail - min_em) / (min_em * self.style.line_spacing[0])))
+        text = self.cfg.text
+        return dataclasses.replace(
+            text, max_chars=min(text.max_chars, chars), max_lines=min(text.max_lines, lines)
+        )
+
+    def _largest_size(self, rows: list[str], metrics: _Metrics, spacing: float) -> float:
+        """Largest font size (estimated from the per-character metrics) at which `rows` fit."""
+        boxes = [metrics.box(row) for row in rows]
+        width = max(w for w, _, _ in boxes)
+        top = min(t + i * spacing for i, (_, t, _) in enumerate(boxes))
+        bottom = max(b + i * spacing for i, (_, _, b) in enumerate(boxes))
+        return min(self.avail / max(width, 1e-6), self.avail / max(bottom - top, 1e-6))
+
+    def _layout(self, rng: random.Random, text: str, font: FontInfo) -> Layout | None:
+        """Rows, size and exact ink boxes so the whole text fits inside the margins, or None if it
+        only fits below the legibility floor."""
+        lines = text.split("\n")
+        metrics = _metrics(font)
+        min_size = math.ceil(self.style.min_glyph_px / metrics.cap)
+        size = max(_ladder_below(rng.uniform(*self.style.text_height) * self.res), min_size)
+        spacing = rng.uniform(*self.style.line_spacing)
+        wrap = rng.random() < self.style.wrap
+        while True:
+            rows = (
+                [r for line in lines for r in wrap_line(line, metrics.width, self.avail / size)]
+                if wrap
+                else lines
+            )
+            fit = self._largest_size(rows, metrics, spacing)
+            if size <= fit:
+                layout = _measure(rows, _truetype(font.path, size), size, round(size * spacing))
+                if layout.width <= self.avail and layout.height <= self.avail:
+                    return layout
+                fit = size - 1  # the estimate was a little optimistic (hinting, overhangs)
+            elif wrap:
+                fit = math.sqrt(size * fit)  # a smaller size also re-wraps into fewer rows: go halfway
+            smaller = max(_ladder_below(min(fit, size - 1)), min_size)
+            if smaller >= size:
+                return None
+            size = smaller
+
+    def render_sample(self, index: int) -> Sample | Skipped:
+        rng = random.Random(f"glyphgen-synthetic:{self.cfg.seed}:{index}")
+        for _ in range(_ATTEMPTS):
+            text, source = self.text.sample_with_source(rng)
+            candidates = self.fonts if self._common.issuperset(text) else fonts_covering(self.fonts, text)
+            if not candidates:
+                continue
+            font = rng.choice(candidates)
+            layout = self._layout(rng, text, font)
+            if layout is not None:
+                return self._draw(rng, index, layout, font, source)
+        return Skipped("text does not fit", f"sample {index}: no text fitted in {_ATTEMPTS} attempts")
+
+    def _draw(self, rng: random.Random, index: int, layout: Layout, font: FontInfo, source: str) -> Sample:
+        background = rng.randrange(256)
+        foreground = contrasting(rng, background, self.style.min_contrast)
+        align = rng.choices(ALIGNMENTS, self._align_weights)[0]
+        left = rng.randint(self.margin, self.margin + self.avail - layout.width)
+        top = rng.randint(self.margin, self.margin + self.avail - layout.height)
+        image = Image.new("L", (self.res, self.res), background)
+        draw = ImageDraw.Draw(image)
+        for i, (line, (x0, _, x1, _)) in enumerate(zip(layout.lines, layout.boxes, strict=True)):
+            slack = layout.width - (x1 - x0)
+            dx = {"left": 0, "center": slack // 2, "right": slack}[align]
+            baseline = top - layout.top + i * layout.pitch
+            draw.text((left + dx - x0, baseline), line, fill=foreground, font=layout.font, anchor="ls")
+        meta = {
+            "font": font.name,
+            "size": layout.size,
+            "align": align,
+            "background": background,
+            "foreground": foreground,
+            "source": source,
+            "lines": len(layout.lines),
+        }
+        return Sample(f"{index:09d}", encode_png(image), "\n".join(layout.lines), meta)
+
+
+_RENDERER: SyntheticRenderer | None = None
+
+
+def init_worker(cfg: SyntheticConfig, fonts: list[FontInfo]) -> None:
+    """Per-process setup for `build_shards`: fonts are discovered once by the parent and passed in."""
+    global _RENDERER
+    _RENDERER = SyntheticRenderer(cfg, fonts)
+
+
+def make_sample(index: int) -> Sample | Skipped:
+    return _RENDERER.render_sample(index)
+
+
+def build_synthetic_shards(
+    cfg: SyntheticConfig, overwrite: bool = False, preview: Path | None = None
+) -> BuildReport:
+    """Render `cfg.count` samples into shards at `cfg.out`; with `preview`, also write a grid PNG of
+    the first samples with their transcripts there."""
+    fonts = discover_fonts(cfg.fonts, cfg.alphabet)
+    report = build_shards(
+        cfg.out,
+        range(cfg.count),
+        make_sample,
+        maxcount=cfg.shard_size,
+        workers=cfg.workers,
+        overwrite=overwrite,
+        init=init_worker,
+        initargs=(cfg, fonts),
+        manifest_extra={
+            "kind": "synthetic",
+            "resolution": cfg.resolution,
+            "seed": cfg.seed,
+            "requested_count": cfg.count,
+        },
+    )
+    if preview is not None:
+        renderer = SyntheticRenderer(cfg, fonts)
+        samples = [renderer.render_sample(i) for i in range(min(PREVIEW_COUNT, cfg.count))]
+        samples = [s for s in samples if isinstance(s, Sample)]
+        images = [Image.open(io.BytesIO(s.png)) for s in samples]
+        save_grid(images, [s.text for s in samples], preview, cell=max(128, cfg.resolution))
+    return report
