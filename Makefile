@@ -7,7 +7,10 @@ ARGS   ?=
 # A CPU build of torch where no NVIDIA GPU is present (small and quick); the default CUDA build otherwise.
 TORCH_PIN := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || echo "torch==2.13.0")
 
-.PHONY: install test lint shards fonts clean
+PIPELINE ?= pipelines/tiny.yaml
+GLYPHGEN := $(BIN)/glyphgen
+
+.PHONY: install test lint shards fonts clean pipeline pretrain-synthetic finetune-real superres bench
 
 install: $(STAMP)
 
@@ -24,10 +27,22 @@ lint: $(STAMP)
 	$(BIN)/ruff check glyphgen tests
 	$(BIN)/ruff format --check glyphgen tests
 
-# The default shards: synthetic text images and the embedded real-photo demo set, at 64 px.
+# The default shards: synthetic text images and the embedded real-photo demo set, at 64 px
+# (each built once; delete the folder or run glyphgen make-shards --overwrite to rebuild).
 shards: $(STAMP)
-	$(BIN)/glyphgen make-shards synthetic --config configs/shards/synthetic64.yaml $(ARGS)
-	$(BIN)/glyphgen make-shards demo-real --config configs/shards/demo_real64.yaml $(ARGS)
+	test -f data_shards/synthetic-64/manifest.json || $(GLYPHGEN) make-shards synthetic --config configs/shards/synthetic64.yaml $(ARGS)
+	test -f data_shards/demo-real-64/manifest.json || $(GLYPHGEN) make-shards demo-real --config configs/shards/demo_real64.yaml $(ARGS)
+
+# Training: the whole chain, or one stage of it (its warm-start source must have finished).
+# ARGS are stage-config overrides, e.g. ARGS="trainer.devices=8 data.batch_size=64".
+pipeline: $(STAMP)
+	$(GLYPHGEN) pipeline $(PIPELINE) $(ARGS)
+
+pretrain-synthetic finetune-real superres: $(STAMP)
+	$(GLYPHGEN) pipeline $(PIPELINE) --stage $@ $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/run.py $(if $(DEVICE),--device $(DEVICE)) $(BENCH_ARGS)
 
 fonts: $(STAMP)
 	$(BIN)/glyphgen fonts

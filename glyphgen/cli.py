@@ -24,14 +24,15 @@ def _config_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="dotlist overrides, applied last")
 
 
-def _shard_args(p: argparse.ArgumentParser, count: bool = True) -> None:
+def _shard_args(p: argparse.ArgumentParser, random: bool = True) -> None:
+    """Options common to shard builds; `random` ones (count, seed) only where samples are generated."""
     _config_args(p)
     p.add_argument("--out", help="output shard folder")
     p.add_argument("--resolution", type=int, help="image side in pixels")
-    if count:
+    if random:
         p.add_argument("--count", type=int, help="number of samples")
+        p.add_argument("--seed", type=int, help="sample i depends on (seed, i) alone")
     p.add_argument("--workers", type=int, help="worker processes (0: one per core)")
-    p.add_argument("--seed", type=int)
     p.add_argument("--overwrite", action="store_true", help="replace a folder that already holds shards")
     p.add_argument("--preview", type=Path, metavar="PNG", help="also write a grid of samples to look at")
 
@@ -48,11 +49,27 @@ def build_parser() -> argparse.ArgumentParser:
     kinds = shards.add_subparsers(dest="kind", required=True)
     _shard_args(kinds.add_parser("synthetic", help="text drawn in real fonts on flat backgrounds"))
     real = kinds.add_parser("real", help="your images, with sidecar/manifest transcripts or OCR")
-    _shard_args(real, count=False)
+    _shard_args(real, random=False)
     src = real.add_mutually_exclusive_group()
     src.add_argument("--images", help="folder of images (optional NAME.txt transcript beside each)")
     src.add_argument("--manifest", help='JSONL file of {"image": path, "text": optional}')
     _shard_args(kinds.add_parser("demo-real", help="the embedded demo set: real photos composed with text"))
+
+    train = verbs.add_parser("train", help="train one stage from a stage config")
+    _config_args(train)
+    train.add_argument("--run-dir", required=True, help="run folder (resumes from its last.ckpt if present)")
+
+    pipe = verbs.add_parser(
+        "pipeline", help="run a chain of stages (skips finished ones, resumes interrupted ones)"
+    )
+    pipe.add_argument("pipeline", help="pipeline YAML, e.g. pipelines/tiny.yaml")
+    pipe.add_argument("--stage", help="run only this stage (its warm-start source must be finished)")
+    pipe.add_argument(
+        "--set", action="append", default=[], metavar="KEY=VALUE", help="pipeline overrides (run_root=...)"
+    )
+    pipe.add_argument(
+        "overrides", nargs="*", metavar="KEY=VALUE", help="stage config overrides, for every stage"
+    )
 
     info = verbs.add_parser("model-info", help="parameters and forward FLOPs of a model size")
     info.add_argument("size", help="a named size (tiny, tiny-sr, base64, base128, sr256) or a model YAML")
@@ -78,18 +95,10 @@ def cmd_fonts(args) -> None:
 
 
 def cmd_make_shards(args) -> None:
-    common = ["out", "resolution", "count", "workers", "seed", "images", "manifest"]
-    if args.kind == "synthetic":
-        from glyphgen.data.synthetic import SyntheticConfig as Schema
-        from glyphgen.data.synthetic import build_synthetic_shards as build
-    elif args.kind == "real":
-        from glyphgen.data.real import RealConfig as Schema
-        from glyphgen.data.real import build_real_shards as build
-    else:
-        from glyphgen.data.demo import DemoRealConfig as Schema
-        from glyphgen.data.demo import build_demo_real_shards as build
-    cfg = load_config(Schema, args.config, args.overrides, values=_values(args, common))
-    report = build(cfg, overwrite=args.overwrite, preview=args.preview)
+    from glyphgen.data.build import build
+
+    names = ["out", "resolution", "count", "workers", "seed", "images", "manifest"]
+    report = build(args.kind, args.config, args.overrides, _values(args, names), args.overwrite, args.preview)
     print(report.out)
 
 
@@ -134,7 +143,27 @@ def cmd_model_info(args) -> None:
         print(f"{key:<{width}}  {shown}")
 
 
+def cmd_train(args) -> None:
+    from glyphgen.training.config import StageConfig
+    from glyphgen.training.core import build_model_config
+    from glyphgen.training.pipeline import ensure_shards
+    from glyphgen.training.train import train_stage
+
+    cfg = load_config(StageConfig, args.config, args.overrides)
+    ensure_shards(cfg, build_model_config(cfg).resolution)
+    print(train_stage(cfg, args.run_dir))
+
+
+def cmd_pipeline(args) -> None:
+    from glyphgen.training.pipeline import run_pipeline
+
+    for final in run_pipeline(args.pipeline, args.overrides, only=args.stage, pipeline_overrides=args.set):
+        print(final)
+
+
 COMMANDS = {
+    "train": cmd_train,
+    "pipeline": cmd_pipeline,
     "model-info": cmd_model_info,
     "fonts": cmd_fonts,
     "make-shards": cmd_make_shards,
@@ -146,7 +175,15 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         COMMANDS[args.verb](args)
-    except (ConfigError, UserError, FileNotFoundError, FileExistsError, ValueError) as e:
+    except (
+        ConfigError,
+        UserError,
+        FileNotFoundError,
+        FileExistsError,
+        ValueError,
+        RuntimeError,
+        TimeoutError,
+    ) as e:
         if os.environ.get("GLYPHGEN_DEBUG"):
             raise
         print(f"glyphgen: error: {e}", file=sys.stderr)

@@ -141,7 +141,7 @@ def _source_of(key: str, source: Mapping[str, str]) -> str:
         where = source.get(".".join(parts[:i]))
         if where:
             return f"set by {where}" if where.startswith(("override", "option")) else f"set in {where}"
-    return "the default"
+    return "default value"
 
 
 def to_dict(cfg: Any) -> dict:

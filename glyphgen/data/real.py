@@ -1,0 +1,289 @@
+"""Stage-2 data (DESIGN 2.2): real images with transcripts, as shards.
+
+Input is a folder of images, each with an optional `name.txt` transcript beside `name.png` (the
+seed's format), or a JSONL manifest of `{"image": path, "text": optional}` lines. Images without a
+transcript are read by the OCR engine on the full-size original; only then is the image resized and
+cropped to the stage resolution, around the text it holds, and text that the crop cuts away is taken
+out of the transcript. Everything that can be wrong with the input (unreadable or huge images, bad
+manifest lines, paths escaping the named folder, unreadable transcripts, empty transcripts) is
+counted and skipped, never fatal.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import io
+import json
+import os
+import sys
+import tarfile
+from collections import Counter
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from PIL import Image
+
+from glyphgen.config import require, require_path
+from glyphgen.data.images import DEFAULT_MAX_PIXELS, BadImage, fit_square, load_image, to_png_bytes
+from glyphgen.data.shards import BuildReport, Sample, Skipped, build_shards, resolve_workers
+from glyphgen.ocr import Ocr, OcrConfig, union
+
+RESOLUTIONS = (32, 64, 128, 256)
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
+MAX_TRANSCRIPT_BYTES = 1 << 20  # a sidecar bigger than this is not a transcript
+PREVIEW_COUNT = 32
+
+
+@dataclass
+class RealConfig:
+    images: str | None = None
+    """A folder of images (searched recursively), each with an optional `name.txt` transcript."""
+    manifest: str | None = None
+    """A JSONL file of {"image": path, "text": optional} lines; paths are relative to its folder and
+    must stay inside it. Give exactly one of `images` and `manifest`."""
+    out: str = "data_shards/real-64"
+    """Folder the shards and manifest.json are written to."""
+    resolution: int = 64
+    """Image side in pixels: one of 32, 64, 128, 256."""
+    shard_size: int = 10_000
+    """Samples per tar shard (webdataset maxcount)."""
+    workers: int = 0
+    """Worker processes; 0 means one per CPU core."""
+    max_pixels: int = DEFAULT_MAX_PIXELS
+    """Images with more pixels than this (by their header) are skipped before decoding."""
+    ocr: OcrConfig = field(default_factory=OcrConfig)
+    """How images without a transcript are read."""
+    locate_text: bool = True
+    """For images with a given transcript, run the OCR detector (not the recogniser) to find the text
+    so the square crop keeps all of it; off: a plain centre crop, which may cut text from wide images."""
+    skip_empty: bool = True
+    """Skip (and count) images whose transcript ends up empty: the model learns nothing about text
+    from them, and under classifier-free guidance the null transcript already covers "no text"."""
+
+    def __post_init__(self):
+        require(
+            self.images is not None or self.manifest is not None,
+            "images",
+            "needs a folder of images (--images DIR) or a JSONL manifest (--manifest FILE)",
+        )
+        require(self.images is None or self.manifest is None, "manifest", "give images or manifest, not both")
+        require_path(self.images, "images", kind="folder")
+        require_path(self.manifest, "manifest", kind="file")
+        require(
+            self.resolution in RESOLUTIONS,
+            "resolution",
+            f"must be one of {RESOLUTIONS}, got {self.resolution}",
+        )
+        require(self.shard_size >= 1, "shard_size", f"must be >= 1, got {self.shard_size}")
+        require(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
+        require(self.max_pixels >= 1, "max_pixels", f"must be >= 1, got {self.max_pixels}")
+
+
+@dataclass(frozen=True)
+class RealTask:
+    """One input image. `error` is set when the input is known to be bad before any reading."""
+
+    index: int
+    path: str = ""
+    source: str = ""
+    """The path as shown in metadata and warnings (relative to the named folder)."""
+    text: str | None = None
+    """The manifest's transcript, if it gave one."""
+    sidecar: str | None = None
+    """Path of the `name.txt` transcript beside the image, if there is one."""
+    error: Skipped | None = None
+
+
+def normalise_transcript(text: str) -> str:
+    """CRLF/CR to LF and trailing whitespace off every line and the end (it is invisible in an image)."""
+    lines = text.replace("\r\n", "\n").replace("\r", "\n").split("\n")
+    return "\n".join(line.rstrip() for line in lines).rstrip()
+
+
+def _inside(path: str, root: str) -> bool:
+    """Whether `path`, with symlinks resolved, lies inside the folder `root`."""
+    real, base = os.path.realpath(path), os.path.realpath(root)
+    return os.path.commonpath([real, base]) == base
+
+
+def folder_tasks(root: str | Path) -> list[RealTask]:
+    """Every image under `root` (sorted, hidden folders skipped, symlinked folders not followed)."""
+    root = str(root)
+    paths = []
+    for folder, dirs, names in os.walk(root):
+        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
+        paths += [os.path.join(folder, n) for n in sorted(names) if n.lower().endswith(IMAGE_SUFFIXES)]
+    tasks = []
+    for i, path in enumerate(paths):
+        source = Path(os.path.relpath(path, root)).as_posix()
+        if not _inside(path, root):
+            tasks.append(RealTask(i, source=source, error=Skipped("path outside folder", source)))
+            continue
+        sidecar = os.path.splitext(path)[0] + ".txt"
+        has_sidecar = os.path.isfile(sidecar) and _inside(sidecar, root)
+        tasks.append(RealTask(i, path, source, sidecar=sidecar if has_sidecar else None))
+    return tasks
+
+
+def _manifest_task(index: int, line: str, where: str, root: str) -> RealTask:
+    try:
+        entry = json.loads(line)
+    except json.JSONDecodeError as e:
+        return RealTask(index, source=where, error=Skipped("bad manifest line", f"{where}: {e.msg}"))
+    image = entry.get("image") if isinstance(entry, dict) else None
+    text = entry.get("text") if isinstance(entry, dict) else None
+    if not isinstance(image, str) or not image or not (text is None or isinstance(text, str)):
+        why = 'needs {"image": "path", "text": "optional transcript"}'
+        return RealTask(index, source=where, error=Skipped("bad manifest line", f"{where}: {why}"))
+    # Resolved and checked before anything is opened (DESIGN 6): absolute paths and ../ must not escape.
+    path = os.path.join(root, image)
+    if not _inside(path, root):
+        return RealTask(index, source=image, error=Skipped("path outside folder", f"{where}: {image}"))
+    return RealTask(index, path, image, text=None if text is None else normalise_transcript(text))
+
+
+def manifest_tasks(manifest: str | Path) -> list[RealTask]:
+    """One task per non-blank line of a JSONL manifest; bad lines become counted skips."""
+    root = os.path.dirname(os.path.abspath(manifest))
+    tasks = []
+    with open(manifest, encoding="utf-8", errors="replace") as f:
+        for lineno, line in enumerate(f, start=1):
+            if line.strip():
+                tasks.append(_manifest_task(len(tasks), line, f"{manifest}:{lineno}", root))
+    return tasks
+
+
+def read_sidecar(path: str) -> str:
+    """A sidecar transcript as stored (UTF-8, a BOM tolerated), newlines and trailing space normalised."""
+    with open(path, "rb") as f:
+        data = f.read(MAX_TRANSCRIPT_BYTES + 1)
+    if len(data) > MAX_TRANSCRIPT_BYTES:
+        raise ValueError(f"larger than {MAX_TRANSCRIPT_BYTES} bytes")
+    return normalise_transcript(data.decode("utf-8-sig"))
+
+
+# -- OCR'd transcripts and fitting to the stage resolution -------------------------------------------
+
+
+def ocr_and_fit(img: Image.Image, ocr: Ocr, resolution: int) -> tuple[Image.Image, str, dict]:
+    """OCR the full-size image, then fit it to `resolution` keeping all the text it read (so the
+    transcript matches what the model sees). Returns the image, the transcript and metadata."""
+    result = ocr.read(img)
+    fitted, padded = fit_square(img, resolution, keep=result.bounds)
+    meta = {
+        "ocr_confidence": round(result.confidence, 4),
+        "ocr_dropped": result.dropped_low_confidence + result.dropped_corner,
+        "padded": padded,
+    }
+    return fitted, result.text, meta
+
+
+# -- workers -------------------------------------------------------------------------------------------
+
+_CFG: RealConfig | None = None
+_OCR: Ocr | None = None
+
+
+def init_worker(cfg: RealConfig) -> None:
+    """Per-process setup: the OCR engine itself is only created if some image needs it."""
+    global _CFG, _OCR
+    _CFG, _OCR = cfg, Ocr(cfg.ocr)
+
+
+def make_sample(task: RealTask) -> Sample | Skipped:
+    if task.error is not None:
+        return task.error
+    try:
+        img = load_image(task.path, _CFG.max_pixels)
+    except BadImage as e:
+        return Skipped(e.reason, f"{task.source}: {e.detail}")
+    meta = {"source": task.source, "width": img.width, "height": img.height}
+    if task.sidecar is not None or task.text is not None:
+        try:
+            text = read_sidecar(task.sidecar) if task.sidecar is not None else task.text
+        except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+            return Skipped("unreadable transcript", f"{task.source}: {e}")
+        meta["transcript"] = "sidecar" if task.sidecar is not None else "manifest"
+        keep = union(_OCR.detect(img)) if _CFG.locate_text and text.strip() else None
+        img, meta["padded"] = fit_square(img, _CFG.resolution, keep)
+    else:
+        img, text, ocr_meta = ocr_and_fit(img, _OCR, _CFG.resolution)
+        meta.update(transcript="ocr", **ocr_meta)
+    if _CFG.skip_empty and not text.strip():
+        return Skipped("empty transcript", task.source)
+    return Sample(f"{task.index:08d}", to_png_bytes(img), text, meta)
+
+
+def with_ocr_threads(ocr: OcrConfig, workers: int) -> OcrConfig:
+    """Give each worker process its share of the cores (unless threads were set explicitly), so
+    parallel OCR engines do not oversubscribe the machine."""
+    if ocr.threads:
+        return ocr
+    return dataclasses.replace(ocr, threads=max(1, resolve_workers(0) // workers))
+
+
+# -- reading back: summaries and previews ------------------------------------------------------------
+
+
+def _shard_samples(folder: str | Path, exts: tuple[str, ...]) -> Iterator[dict[str, bytes]]:
+    """The members named by `exts` of each sample in a shard folder, in shard order; other members
+    are skipped over without being read."""
+    for shard in sorted(Path(folder).glob("*.tar")):
+        samples: dict[str, dict[str, bytes]] = {}
+        with tarfile.open(shard) as tar:
+            for m in tar:
+                key, _, ext = m.name.partition(".")
+                if ext in exts:
+                    samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
+        yield from samples.values()
+
+
+def read_samples(folder: str | Path, limit: int | None = None) -> Iterator[tuple[bytes, str, dict]]:
+    """(png, transcript, metadata) of the first `limit` (default all) samples of a shard folder."""
+    for n, parts in enumerate(_shard_samples(folder, ("png", "txt", "json"))):
+        if limit is not None and n >= limit:
+            return
+        yield parts["png"], parts["txt"].decode("utf-8"), json.loads(parts["json"])
+
+
+def transcript_summary(folder: str | Path) -> str:
+    """One line: where the transcripts of a real shard folder came from."""
+    origins = Counter(json.loads(p["json"]).get("transcript", "?") for p in _shard_samples(folder, ("json",)))
+    return "transcripts: " + ", ".join(f"{n} {o}" for o, n in sorted(origins.items()))
+
+
+def save_preview(folder: str | Path, path: str | Path, count: int = PREVIEW_COUNT) -> Path:
+    """A grid of the first samples of a shard folder with their transcripts."""
+    from glyphgen.data.preview import save_grid
+
+    samples = list(read_samples(folder, count))
+    images = [Image.open(io.BytesIO(png)) for png, _, _ in samples]
+    return save_grid(images, [text for _, text, _ in samples], path, cell=128)
+
+
+def build_real_shards(
+    cfg: RealConfig, overwrite: bool = False, preview: str | Path | None = None
+) -> BuildReport:
+    """Turn `cfg.images` or `cfg.manifest` into shards at `cfg.out`; with `preview`, also write a grid
+    PNG of the first samples and their transcripts there."""
+    source = cfg.images if cfg.images is not None else cfg.manifest
+    tasks = folder_tasks(cfg.images) if cfg.images is not None else manifest_tasks(cfg.manifest)
+    workers = min(resolve_workers(cfg.workers), max(1, len(tasks)))
+    cfg = dataclasses.replace(cfg, ocr=with_ocr_threads(cfg.ocr, workers))
+    report = build_shards(
+        cfg.out,
+        tasks,
+        make_sample,
+        maxcount=cfg.shard_size,
+        workers=workers,
+        overwrite=overwrite,
+        init=init_worker,
+        initargs=(cfg,),
+        manifest_extra={"kind": "real", "resolution": cfg.resolution, "source": str(source)},
+        chunksize=4,  # OCR makes samples slow and uneven: small chunks keep the workers balanced
+    )
+    print(transcript_summary(cfg.out), file=sys.stderr)
+    if preview is not None:
+        save_preview(cfg.out, preview)
+    return report

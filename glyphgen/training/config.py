@@ -1,0 +1,149 @@
+"""Configuration of a training stage (DESIGN 4): what to train, on what data, how, and how long.
+
+A stage YAML names a model size and overrides its fields; the trainer settings map one to one onto
+Lightning's `Trainer`, so a run scales from one CPU to many GPUs and nodes by configuration alone.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from glyphgen.config import require
+from glyphgen.data.loader import LoaderConfig
+from glyphgen.diffusion import DiffusionConfig
+from glyphgen.models.registry import MODELS
+
+STAGES = ("pretrain-synthetic", "finetune-real", "superres")
+DEFAULT_PROMPTS = ["glyph", "Hello\nworld", "OPEN 24/7", "quartz\nzephyr"]
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-4
+    """AdamW learning rate after warm-up."""
+    weight_decay: float = 0.0
+    """AdamW weight decay."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    warmup_steps: int = 0
+    """Linear learning-rate warm-up, in optimizer steps."""
+    ema_decay: float = 0.9999
+    """Decay of the exponential moving average of the weights (what export and sampling use).
+    Early on the decay is min(ema_decay, (1 + n) / (10 + n)) after n updates, so short runs average too."""
+
+    def __post_init__(self):
+        require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
+        require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
+        require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+
+
+@dataclass
+class TrainerConfig:
+    accelerator: str = "auto"
+    """"cpu", "gpu" or "auto"."""
+    devices: Any = "auto"
+    """Devices per node: a count, a list of indices, or "auto"."""
+    num_nodes: int = 1
+    """Nodes (launch with Lightning, `torchrun` or SLURM; the environment is detected)."""
+    strategy: str = "auto"
+    """"auto", "ddp", "ddp_spawn" (tests on CPU), ... Lightning's strategy names."""
+    precision: str | None = None
+    """"bf16-mixed", "16-mixed" (loss scaling), "32"; default: bf16-mixed on GPU, 32 on CPU."""
+    max_steps: int = 1000
+    """Optimizer steps to train for (the stage is complete when they are done)."""
+    max_time: str | None = None
+    """Optional wall-clock budget "DD:HH:MM:SS"; the stage then ends early and counts as complete."""
+    gradient_clip_val: float | None = 1.0
+    """Clip the gradient norm to this value (None: no clipping)."""
+    accumulate_grad_batches: int = 1
+    """Batches per optimizer step."""
+    log_every_n_steps: int = 10
+    """How often metrics are logged (CSV and TensorBoard)."""
+    checkpoint_every_n_steps: int = 500
+    """How often a checkpoint (and `last.ckpt`) is written."""
+    compile: bool = False
+    """Wrap the network in torch.compile."""
+    channels_last: bool = False
+    """Use the channels-last memory format for the network (faster convolutions on GPUs)."""
+    nan_policy: str = "stop"
+    """On a NaN/inf loss: "stop" (report the step and batch, save nothing broken) or "skip" the batch."""
+    seed: int = 0
+    """Seeds the initial weights and the per-step noise, timesteps and text dropout."""
+
+    def __post_init__(self):
+        require(self.max_steps > 0, "max_steps", f"must be > 0, got {self.max_steps}")
+        require(
+            self.nan_policy in ("stop", "skip"),
+            "nan_policy",
+            f"must be stop or skip, got {self.nan_policy!r}",
+        )
+        require(self.checkpoint_every_n_steps > 0, "checkpoint_every_n_steps", "must be > 0")
+        require(self.accumulate_grad_batches >= 1, "accumulate_grad_batches", "must be >= 1")
+
+
+@dataclass
+class SampleConfig:
+    every_n_steps: int = 500
+    """Write a sample grid (and OCR metrics) every this many steps, and at the end (0: never)."""
+    prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
+    """Held-out prompts sampled for the grids; `\\n` starts a new line."""
+    steps: str = "50"
+    """Sampling steps (respacing)."""
+    sampler: str = "ddim"
+    """"ddim" or "ddpm"."""
+    guidance: float = 3.0
+    """Classifier-free guidance scale (0: none)."""
+    ocr: bool = True
+    """Read the samples back with the OCR and log character error rate and exact matches."""
+
+
+@dataclass
+class ShardBuild:
+    kind: str | None = None
+    """How to build `data.shards` when it is missing: synthetic, demo-real or real (None: never build)."""
+    config: str | None = None
+    """The `glyphgen make-shards` YAML for it (its `out` and `resolution` are set by the stage)."""
+    overrides: list[str] = field(default_factory=list)
+    """Dotlist overrides for the shard build."""
+
+    def __post_init__(self):
+        require(
+            self.kind in (None, "synthetic", "demo-real", "real"),
+            "kind",
+            f"must be synthetic, demo-real or real, got {self.kind!r}",
+        )
+
+
+@dataclass
+class StageConfig:
+    stage: str = "pretrain-synthetic"
+    """Which stage this is: pretrain-synthetic, finetune-real or superres."""
+    model_size: str = "tiny"
+    """A named model size (tiny, tiny-sr, base64, base128, sr256)."""
+    model: dict = field(default_factory=dict)
+    """Overrides of the named size's fields, e.g. {text_attention: glide}."""
+    diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
+    """The diffusion process and sampling defaults."""
+    data: LoaderConfig = field(default_factory=LoaderConfig)
+    """The training data stream (resolution must match the model's)."""
+    build_shards: ShardBuild = field(default_factory=ShardBuild)
+    """How to build the training shards when they are missing."""
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    """Optimizer and EMA."""
+    trainer: TrainerConfig = field(default_factory=TrainerConfig)
+    """Lightning trainer settings."""
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    """Periodic sample grids and OCR metrics."""
+    init_from: str | None = None
+    """Checkpoint to warm-start from (weights only; set by the pipeline for stages 2 and 3)."""
+    init_model_size: str | None = None
+    """Model size of `init_from` when it differs (superres: the base it is sandwiched from)."""
+
+    def __post_init__(self):
+        require(self.stage in STAGES, "stage", f"must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        require(
+            self.model_size in MODELS,
+            "model_size",
+            f"must be one of {', '.join(MODELS)}, got {self.model_size!r}",
+        )

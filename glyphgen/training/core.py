@@ -1,0 +1,227 @@
+"""The LightningModule core every stage shares (DESIGN 4): the network, the diffusion loss, classifier-
+free-guidance text dropout, an EMA of the weights, NaN handling, logging and sampling hooks.
+
+Per-step randomness (timesteps, noise, text dropout) comes from a generator seeded by (seed, global
+step, rank, batch index), not from global RNG state, so a run resumed from a checkpoint draws the
+same numbers as one that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+
+import lightning as L
+import torch
+
+from glyphgen.config import load_config, to_dict
+from glyphgen.data.loader import LoaderConfig, make_loader
+from glyphgen.diffusion import create_diffusion, drop_text, randn_from, sample
+from glyphgen.models.registry import model_config
+from glyphgen.models.unet import UNet, UNetConfig
+from glyphgen.text.tokenizer import CharTokenizer, TokenizerConfig
+from glyphgen.training.config import StageConfig
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite and the stage's nan_policy is "stop" (or skipping went on too long)."""
+
+
+MAX_SKIPPED_IN_A_ROW = 20
+"""With nan_policy=skip, this many non-finite batches in a row stop the run: the weights are broken."""
+
+
+def stage_config(config: dict | StageConfig) -> StageConfig:
+    """A StageConfig from its plain-dict form (as stored in checkpoints), validated."""
+    return config if isinstance(config, StageConfig) else load_config(StageConfig, values=config)
+
+
+def build_model_config(cfg: StageConfig, size: str | None = None) -> UNetConfig:
+    """The named size with the stage's `model` overrides applied (validated, errors name the key)."""
+    overrides = [f"{k}={v}" for k, v in _flatten(cfg.model)]
+    return load_config(UNetConfig, overrides=overrides, defaults=model_config(size or cfg.model_size))
+
+
+def _flatten(d: dict, prefix: str = ""):
+    for k, v in d.items():
+        if isinstance(v, dict):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
+
+
+def to_unit(images: torch.Tensor) -> torch.Tensor:
+    """uint8 [0, 255] -> float [-1, 1]."""
+    return images.float() / 127.5 - 1
+
+
+class DiffusionCore(L.LightningModule):
+    """Trains `model` with the hybrid diffusion loss; keeps `ema`, the averaged copy that sampling
+    and export use. Stages override `prepare_batch` (what x0 and the extra conditioning are)."""
+
+    samples_from_batch = False
+    """Whether sample grids need a training batch (superres: its low-res images)."""
+
+    def __init__(self, config: dict):
+        super().__init__()
+        # Plain containers only, so checkpoints load with torch.load(weights_only=True).
+        self.save_hyperparameters({"config": config})
+        self.cfg = stage_config(config)
+        self.model_cfg = build_model_config(self.cfg)
+        torch.manual_seed(self.cfg.trainer.seed)
+        self.model = UNet(self.model_cfg)
+        self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
+        self.diffusion = create_diffusion(self.cfg.diffusion)
+        self.tokenizer = CharTokenizer(TokenizerConfig(max_length=self.model_cfg.text.max_length))
+        self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
+        self.data_position: tuple[int, int] | None = None
+        self._skipped_in_a_row = 0
+        self._net = self.model
+        self._loader = None
+
+    # -- setup ----------------------------------------------------------------------------------------
+
+    def configure_model(self) -> None:
+        if self.cfg.trainer.channels_last:
+            self.model.to(memory_format=torch.channels_last)
+        # A compiled view that is not a registered submodule, so state-dict keys stay unprefixed.
+        self._net = torch.compile(self.model) if self.cfg.trainer.compile else self.model
+
+    def loader_config(self) -> LoaderConfig:
+        return dataclasses.replace(self.cfg.data, resolution=self.model_cfg.resolution)
+
+    def train_dataloader(self):
+        self._loader = make_loader(
+            self.loader_config(), self.tokenizer, epoch_fn=lambda: self.trainer.current_epoch
+        )
+        if self.data_position is not None:  # resuming: skip what this epoch already trained on
+            epoch, index = self.data_position
+            self._loader.resume(epoch, index + 1)
+        return self._loader
+
+    def configure_optimizers(self):
+        o = self.cfg.optim
+        opt = torch.optim.AdamW(
+            self.model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
+        )
+        warmup = max(1, o.warmup_steps)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    # -- training -------------------------------------------------------------------------------------
+
+    def step_generator(self, batch_idx: int) -> torch.Generator:
+        seed = hash((self.cfg.trainer.seed, self.global_step, self.global_rank, batch_idx)) % (2**63)
+        return torch.Generator().manual_seed(seed)
+
+    def prepare_batch(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
+        """(x0 in [-1, 1], extra model kwargs) from a loader batch. The base stages use the image as is."""
+        return to_unit(batch["image"]), {}
+
+    def training_step(self, batch: dict, batch_idx: int):
+        g = self.step_generator(batch_idx)
+        x0, kwargs = self.prepare_batch(batch, g)
+        if self.cfg.trainer.channels_last:
+            x0 = x0.contiguous(memory_format=torch.channels_last)
+        tokens, mask = drop_text(batch["tokens"], batch["mask"], self.cfg.diffusion.p_uncond, g)
+        t = self.diffusion.sample_t(x0.shape[0], x0.device, g)
+        noise = randn_from(x0.shape, g, x0.device, x0.dtype)
+        terms = self.diffusion.training_losses(
+            self._net, x0, t, {"tokens": tokens, "mask": mask, **kwargs}, noise=noise
+        )
+        loss = terms["loss"].mean()
+        self.data_position = batch.get("position")
+        if self._non_finite(loss, batch_idx, batch):
+            return None  # nan_policy=skip: no optimizer step for this batch, on every rank
+        self._log_terms(terms, t, loss, x0.shape[0])
+        return loss
+
+    def _non_finite(self, loss: torch.Tensor, batch_idx: int, batch: dict) -> bool:
+        bad = torch.tensor(float(not torch.isfinite(loss)), device=loss.device)
+        if self._trainer is not None and self.trainer.world_size > 1:
+            bad = self.trainer.strategy.reduce(bad, reduce_op="max")  # every rank decides the same
+        if not bad:
+            self._skipped_in_a_row = 0
+            return False
+        where = f"step {self.global_step}, batch {batch_idx} (position {batch.get('position')}, texts {batch['text'][:3]})"
+        if self.cfg.trainer.nan_policy == "stop":
+            raise NonFiniteLossError(
+                f"non-finite loss at {where}; stopping with the last good checkpoint kept"
+            )
+        self._skipped_in_a_row += 1
+        if self._skipped_in_a_row >= MAX_SKIPPED_IN_A_ROW:
+            raise NonFiniteLossError(
+                f"{self._skipped_in_a_row} non-finite losses in a row, the last at {where}"
+            )
+        self.print(f"warning: non-finite loss at {where}; batch skipped")
+        return True
+
+    def _log_terms(self, terms: dict, t: torch.Tensor, loss: torch.Tensor, batch: int) -> None:
+        self.log("train/loss", loss, prog_bar=True, batch_size=batch)
+        self.log("train/mse", terms["mse"].mean(), batch_size=batch)
+        self.log("train/vlb", terms["vlb"].mean(), batch_size=batch)
+        quartile = (t * 4) // self.diffusion.num_steps
+        for q in range(4):
+            chosen = quartile == q
+            if chosen.any():
+                self.log(f"train/loss_q{q}", terms["loss"][chosen].mean(), batch_size=int(chosen.sum()))
+
+    def optimizer_step(self, *args, **kwargs) -> None:
+        # The EMA follows every optimizer step here, before any callback (ModelCheckpoint) saves it.
+        super().optimizer_step(*args, **kwargs)
+        self.update_ema()
+
+    @torch.no_grad()
+    def update_ema(self) -> None:
+        n = int(self.ema_updates)
+        decay = min(self.cfg.optim.ema_decay, (1 + n) / (10 + n))
+        ema, live = list(self.ema.parameters()), list(self.model.parameters())
+        torch._foreach_lerp_(ema, live, 1 - decay)
+        for b_ema, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
+            b_ema.copy_(b)
+        self.ema_updates += 1
+
+    # -- checkpoints ----------------------------------------------------------------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        checkpoint["glyphgen"] = {
+            "data_position": self.data_position,
+            "kind": "stage",
+            "stage": self.cfg.stage,
+        }
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        position = checkpoint.get("glyphgen", {}).get("data_position")
+        self.data_position = tuple(position) if position is not None else None
+
+    def load_weights(self, state: dict[str, torch.Tensor]) -> None:
+        """Warm start (weights only) of both the live and the EMA network from a network state dict."""
+        self.model.load_state_dict(state)
+        self.ema.load_state_dict(state)
+
+    # -- sampling -------------------------------------------------------------------------------------
+
+    def sample_kwargs(self, texts: list[str], batch: dict | None) -> dict:
+        """Conditioning for sampling `texts`; the superres stage adds the low-res images."""
+        tokens, mask = self.tokenizer.batch(texts)
+        return {"tokens": tokens.to(self.device), "mask": mask.to(self.device)}
+
+    @torch.no_grad()
+    def sample_images(self, texts: list[str], batch: dict | None = None, seed: int = 0) -> torch.Tensor:
+        """EMA samples for `texts` as uint8 [B, C, H, W], with the stage's sampling settings."""
+        s, r = self.cfg.sample, self.model_cfg.resolution
+        out = sample(
+            self.ema,
+            self.diffusion,
+            (len(texts), self.model_cfg.in_channels, r, r),
+            sampler=s.sampler,
+            steps=s.steps,
+            guidance=s.guidance,
+            model_kwargs=self.sample_kwargs(texts, batch),
+            generator=torch.Generator().manual_seed(seed),
+            device=self.device,
+        )
+        return ((out.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+
+    def plain_config(self) -> dict:
+        return to_dict(self.cfg)

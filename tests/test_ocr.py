@@ -1,0 +1,124 @@
+"""The OCR engine on real renders: exact read-back, line order, corner and confidence filters."""
+
+from __future__ import annotations
+
+import multiprocessing as mp
+from pathlib import Path
+
+import font_roboto
+import numpy as np
+import pytest
+from PIL import Image, ImageDraw, ImageFont
+
+from glyphgen.ocr import Detection, Ocr, OcrConfig, group_lines, in_corner
+
+ROBOTO = str(Path(font_roboto.__file__).parent / "files" / "Roboto-Regular.ttf")
+
+
+def render(items: list[tuple[str, tuple[int, int], int]], size: tuple[int, int] = (320, 240)) -> Image.Image:
+    """Black text on white: each item is (text, top-left position, font size)."""
+    img = Image.new("RGB", size, "white")
+    draw = ImageDraw.Draw(img)
+    for text, xy, px in items:
+        draw.text(xy, text, font=ImageFont.truetype(ROBOTO, px), fill="black")
+    return img
+
+
+@pytest.fixture(scope="module")
+def ocr():
+    return Ocr()
+
+
+_IN_PARENT: list[Ocr] = []
+
+
+def _read_in_forked_child(_) -> str:
+    text = _IN_PARENT[0].read(render([("Hello", (20, 90), 60)])).text
+    _IN_PARENT.clear()  # dropping an Ocr whose engine was made before the fork must not hang either
+    return text
+
+
+def test_reads_a_word_back_exactly(ocr):
+    result = ocr.read(render([("Diffusion", (30, 90), 56)]))
+    assert result.text == "Diffusion"
+    assert result.kept == 1 and result.confidence > 0.9 and result.seconds > 0
+    x0, y0, x1, y1 = result.lines[0].box
+    assert 20 <= x0 < x1 <= 300 and 80 <= y0 < y1 <= 170  # in the input image's pixels
+
+
+def test_two_lines_come_back_in_order(ocr):
+    img = render([("first line", (20, 40), 44), ("second line", (20, 130), 44)])
+    result = ocr.read(img)
+    assert result.text == "first line\nsecond line"
+    assert [d.line for d in result.lines] == [0, 1]
+
+
+def test_words_far_apart_on_one_line_are_joined_left_to_right(ocr):
+    result = ocr.read(render([("right", (200, 100), 40), ("left", (15, 104), 40)]))
+    assert result.text == "left right"
+
+
+def test_arrays_and_small_images(ocr):
+    img = render([("Hello", (20, 90), 60)])
+    assert ocr.read(np.asarray(img)).text == "Hello"  # RGB array, not BGR
+    small = render([("cat", (6, 20), 22)], size=(64, 64))  # upscaled to 256 before detection
+    assert ocr.read(small).text == "cat"
+
+
+@pytest.mark.skipif("fork" not in mp.get_all_start_methods(), reason="needs fork")
+def test_forked_workers_do_not_hang_on_an_inherited_engine():
+    _IN_PARENT.append(Ocr())  # the only reference, so the child really destroys it
+    _IN_PARENT[0].read(render([("Hello", (20, 90), 60)]))  # its engine exists in this process
+    try:
+        with mp.get_context("fork").Pool(1) as pool:
+            assert pool.map_async(_read_in_forked_child, [0]).get(timeout=60) == ["Hello"]
+        assert _IN_PARENT[0].read(render([("Hello", (20, 90), 60)])).text == "Hello"  # parent unharmed
+    finally:
+        _IN_PARENT.clear()
+
+
+def test_corner_detection_dropped(ocr):
+    img = render([("Middle", (80, 100), 44), ("12", (282, 208), 24)])
+    kept = Ocr(OcrConfig(corner_fraction=0.0)).read(img)
+    assert kept.text == "Middle\n12"
+    result = Ocr(OcrConfig(corner_fraction=0.2)).read(img)  # corner squares of 48 px
+    assert result.text == "Middle" and result.dropped_corner == 1
+
+
+def test_low_confidence_dropped_and_counted(ocr):
+    strict = Ocr(OcrConfig(min_confidence=1.0))
+    result = strict.read(render([("first line", (20, 40), 44), ("second line", (20, 130), 44)]))
+    assert result.text == "" and result.kept == 0 and result.dropped_low_confidence == 2
+
+
+def test_detect_finds_text_without_reading(ocr):
+    boxes = ocr.detect(render([("Middle", (80, 100), 44)]))
+    assert len(boxes) == 1 and 70 <= boxes[0][0] < boxes[0][2] <= 250
+    assert ocr.detect(Image.new("RGB", (100, 100), "white")) == []
+
+
+def test_blank_image_reads_as_empty(ocr):
+    result = ocr.read(Image.new("L", (200, 100), 255))
+    assert result.text == "" and result.kept == 0 and result.confidence == 0.0
+
+
+def test_group_lines_by_vertical_overlap():
+    def det(text, x0, y0, x1, y1):
+        return Detection((x0, y0, x1, y1), text, 0.9)
+
+    dets = [
+        det("c", 0, 50, 30, 70),
+        det("b", 60, 2, 90, 22),
+        det("a", 0, 0, 40, 20),
+        det("d", 50, 54, 80, 72),
+    ]
+    lines = group_lines(dets, overlap=0.5)
+    assert [[d.text for d in line] for line in lines] == [["a", "b"], ["c", "d"]]
+    # Barely touching boxes are separate lines.
+    assert len(group_lines([det("x", 0, 0, 10, 20), det("y", 20, 18, 30, 38)], overlap=0.5)) == 2
+
+
+def test_in_corner():
+    assert in_corner((90, 90, 99, 99), 100, 100, 0.1)
+    assert not in_corner((85, 90, 99, 99), 100, 100, 0.1)  # sticks out of the corner square
+    assert not in_corner((40, 90, 60, 99), 100, 100, 0.1)  # bottom edge, not a corner

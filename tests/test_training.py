@@ -1,0 +1,270 @@
+"""Training stages, warm starts, resume after SIGKILL, the pipeline runner, DDP (gloo), precision, NaN.
+
+Everything runs for real on the CPU: tiny models, real synthetic shards in a temporary folder, real
+Lightning trainers and checkpoints. Steps are few; what is checked is behaviour, not quality.
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+import textwrap
+
+import pytest
+import torch
+
+from glyphgen.config import load_config, to_dict
+from glyphgen.data.build import build
+from glyphgen.training.checkpoints import AtomicCheckpointIO, ema_state, read_checkpoint
+from glyphgen.training.config import StageConfig
+from glyphgen.training.core import NonFiniteLossError
+from glyphgen.training.pipeline import run_pipeline
+from glyphgen.training.stages import FinetuneReal, PretrainSynthetic, SuperRes
+from glyphgen.training.train import train_stage
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def shards(tmp_path_factory):
+    """Synthetic shards at 32 px (8 shards of 12) and 64 px (4 shards of 12)."""
+    root = tmp_path_factory.mktemp("shards")
+    for res, count in ((32, 96), (64, 48)):
+        build(
+            "synthetic",
+            overrides=["shard_size=12"],
+            values={"out": str(root / f"s{res}"), "resolution": res, "count": count, "workers": 1},
+        )
+    return root
+
+
+def stage_overrides(stage: str, shards, steps: int = 4, **extra) -> list[str]:
+    size, res = ("tiny-sr", 64) if stage == "superres" else ("tiny", 32)
+    values = {
+        "stage": stage,
+        "model_size": size,
+        "data.shards": str(shards / f"s{res}"),
+        "data.batch_size": 4,
+        "data.num_workers": 0,
+        "data.shuffle_buffer": 8,
+        "trainer.max_steps": steps,
+        "trainer.checkpoint_every_n_steps": 2,
+        "trainer.log_every_n_steps": 1,
+        "trainer.accelerator": "cpu",
+        "trainer.devices": 1,
+        "sample.every_n_steps": 0,
+        "optim.lr": 1e-3,
+        "optim.ema_decay": 0.9,
+        **extra,
+    }
+    return [f"{k}={v}" for k, v in values.items()]
+
+
+def stage_cfg(stage: str, shards, steps: int = 4, **extra) -> StageConfig:
+    return load_config(StageConfig, overrides=stage_overrides(stage, shards, steps, **extra))
+
+
+def network(ckpt_path, prefix: str) -> dict[str, torch.Tensor]:
+    state = read_checkpoint(ckpt_path)["state_dict"]
+    return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def test_pretrain_stage_writes_its_run_folder(tmp_path, shards):
+    cfg = stage_cfg("pretrain-synthetic", shards, steps=4, **{"sample.every_n_steps": 4, "sample.steps": "3"})
+    final = train_stage(cfg, tmp_path / "run")
+    run = tmp_path / "run"
+    assert final == run / "checkpoints" / "final.ckpt"
+    assert json.loads((run / "complete.json").read_text())["step"] == 4
+    for name in ("last.ckpt", "step-0000002.ckpt", "step-0000004.ckpt"):
+        assert (run / "checkpoints" / name).is_file()
+    assert (run / "loss.png").is_file() and (run / "samples" / "step_0000004.png").is_file()
+    header = (run / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/loss" in header and "train/loss_q0" in header and "samples/cer" in header
+    assert load_config(StageConfig, [run / "config.yaml"]) == cfg
+    ema, live = network(final, "ema."), network(final, "model.")
+    assert ema.keys() == live.keys() and any(not torch.equal(ema[k], live[k]) for k in ema)
+
+
+def test_checkpoint_reader_rejects_foreign_and_truncated_files(tmp_path, shards):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        read_checkpoint(tmp_path / "none.ckpt")
+    torch.save({"state_dict": {}}, tmp_path / "foreign.ckpt")
+    with pytest.raises(ValueError, match="not a glyphgen training checkpoint"):
+        read_checkpoint(tmp_path / "foreign.ckpt")
+    final = train_stage(stage_cfg("pretrain-synthetic", shards, steps=2), tmp_path / "run")
+    (tmp_path / "cut.ckpt").write_bytes(final.read_bytes()[:5000])
+    with pytest.raises(ValueError, match="not a readable checkpoint"):
+        read_checkpoint(tmp_path / "cut.ckpt")
+
+
+def test_atomic_checkpoint_write_never_leaves_a_broken_file(tmp_path, monkeypatch):
+    path = tmp_path / "last.ckpt"
+    AtomicCheckpointIO().save_checkpoint({"a": torch.ones(2)}, path)
+
+    def crash(obj, f):
+        open(f, "wb").write(b"half a checkpoint")
+        raise OSError("disk full")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(OSError):
+        AtomicCheckpointIO().save_checkpoint({"a": torch.zeros(2)}, path)
+    assert torch.equal(torch.load(path, weights_only=True)["a"], torch.ones(2))
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["last.ckpt"]
+
+
+KILL_SCRIPT = """
+import os, signal, sys
+import lightning as L
+import glyphgen.training.train as train
+from glyphgen.config import load_config, to_dict
+from glyphgen.training.config import StageConfig
+
+class KillAt(L.Callback):
+    def on_train_batch_end(self, trainer, *args):
+        if trainer.global_step == {kill_at}:
+            os.kill(os.getpid(), signal.SIGKILL)  # a hard crash: no cleanup, no final checkpoint
+
+build = train.build_trainer
+def build_with_kill(cfg, run_dir, module):
+    trainer = build(cfg, run_dir, module)
+    trainer.callbacks.append(KillAt())
+    return trainer
+
+train.build_trainer = build_with_kill
+train.train_stage(load_config(StageConfig, overrides={overrides!r}), {run!r})
+"""
+
+
+def test_sigkill_and_resume_matches_an_uninterrupted_run(tmp_path, shards):
+    overrides = stage_overrides("pretrain-synthetic", shards, steps=8, **{"data.shuffle_buffer": 4})
+    uninterrupted = train_stage(load_config(StageConfig, overrides=overrides), tmp_path / "straight")
+
+    run = tmp_path / "killed"
+    script = KILL_SCRIPT.format(kill_at=5, overrides=overrides, run=str(run))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, timeout=300)
+    assert proc.returncode == -9, proc.stderr.decode()[-2000:]
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 4
+    assert not (run / "complete.json").exists()
+
+    resumed = train_stage(load_config(StageConfig, overrides=overrides), run)
+    a, b = read_checkpoint(uninterrupted), read_checkpoint(resumed)
+    assert a["global_step"] == b["global_step"] == 8
+    for key, value in a["state_dict"].items():
+        assert torch.equal(value, b["state_dict"][key]), key
+    adam_a, adam_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
+    assert all(torch.equal(adam_a[i]["exp_avg"], adam_b[i]["exp_avg"]) for i in adam_a)
+
+
+def test_warm_starts_load_weights_not_optimizer(tmp_path, shards):
+    stage1 = train_stage(stage_cfg("pretrain-synthetic", shards, steps=2), tmp_path / "s1")
+    cfg2 = stage_cfg("finetune-real", shards, steps=2, init_from=str(stage1))
+    module = FinetuneReal(to_dict(cfg2))
+    module.warm_start(str(stage1))
+    for key, value in ema_state(read_checkpoint(stage1)).items():
+        assert torch.equal(module.model.state_dict()[key], value) and torch.equal(
+            module.ema.state_dict()[key], value
+        )
+
+    stage2 = train_stage(cfg2, tmp_path / "s2")
+    ckpt2 = read_checkpoint(stage2)
+    assert ckpt2["global_step"] == 2  # a new run from step 0, not a continuation
+    assert all(s["step"] == 2 for s in ckpt2["optimizer_states"][0]["state"].values())  # fresh AdamW
+
+    cfg3 = stage_cfg("superres", shards, steps=2, init_from=str(stage2))
+    sr = SuperRes(to_dict(cfg3))
+    summary = sr.warm_start(str(stage2))
+    assert "loaded" in summary
+    base = ema_state(ckpt2)
+    sr_state = sr.model.state_dict()
+    assert torch.equal(sr_state["middle_block.0.in_conv.weight"], base["middle_block.0.in_conv.weight"])
+    assert torch.equal(sr_state["input_blocks.3.0.in_conv.weight"], base["input_blocks.1.0.in_conv.weight"])
+    assert torch.equal(
+        sr.ema.state_dict()["text_encoder.relative_bias.table.weight"],
+        base["text_encoder.relative_bias.table.weight"],
+    )
+    final3 = train_stage(cfg3, tmp_path / "s3")
+    assert read_checkpoint(final3)["global_step"] == 2
+    with pytest.raises(ValueError, match="from scratch"):
+        PretrainSynthetic(to_dict(stage_cfg("pretrain-synthetic", shards))).warm_start(str(stage1))
+
+
+def write_pipeline(tmp_path, shards, extra: dict | None = None) -> str:
+    stages = []
+    for name, init in (
+        ("pretrain-synthetic", None),
+        ("finetune-real", "pretrain-synthetic"),
+        ("superres", "finetune-real"),
+    ):
+        yaml = "\n".join(
+            o.replace("=", ": ", 1) for o in stage_overrides(name, shards, steps=2, **(extra or {}))
+        )
+        (tmp_path / f"{name}.yaml").write_text(_nested(yaml))
+        stages.append(
+            f"  - name: {name}\n    config: {tmp_path / f'{name}.yaml'}"
+            + (f"\n    init_from: {init}" if init else "")
+        )
+    (tmp_path / "p.yaml").write_text(
+        f"name: p\nrun_root: {tmp_path / 'runs'}\nstages:\n" + "\n".join(stages) + "\n"
+    )
+    return str(tmp_path / "p.yaml")
+
+
+def _nested(flat_yaml: str) -> str:
+    """key.sub: v lines -> nested YAML."""
+    from omegaconf import OmegaConf
+
+    return OmegaConf.to_yaml(
+        OmegaConf.from_dotlist([line.replace(": ", "=", 1) for line in flat_yaml.splitlines()])
+    )
+
+
+def test_pipeline_runs_in_order_then_skips_finished_stages(tmp_path, shards, capsys):
+    path = write_pipeline(tmp_path, shards)
+    finals = run_pipeline(path)
+    assert [f.parent.parent.name for f in finals] == ["pretrain-synthetic", "finetune-real", "superres"]
+    stamps = [f.stat().st_mtime_ns for f in finals]
+    assert run_pipeline(path) == finals
+    assert [f.stat().st_mtime_ns for f in finals] == stamps
+    assert capsys.readouterr().out.count("complete, skipped") == 3
+    with pytest.raises(ValueError, match="no stage named 'nope'"):
+        run_pipeline(path, only="nope")
+
+
+def test_ddp_spawn_two_ranks_trains_every_stage(tmp_path, shards):
+    # 8 shards over 2 ranks: 48 samples = 12 batches per rank per epoch; 14 steps cross an epoch
+    # boundary, where a rank with fewer batches would leave the other waiting forever.
+    extra = {"trainer.strategy": "ddp_spawn", "trainer.devices": 2}
+    path = write_pipeline(tmp_path, shards, extra)
+    (tmp_path / "pretrain-synthetic.yaml").write_text(
+        (tmp_path / "pretrain-synthetic.yaml").read_text().replace("max_steps: 2", "max_steps: 14")
+    )
+    finals = run_pipeline(path)
+    assert [read_checkpoint(f)["global_step"] for f in finals] == [14, 2, 2]
+
+
+def test_bf16_mixed_on_cpu(tmp_path, shards):
+    final = train_stage(
+        stage_cfg("pretrain-synthetic", shards, steps=2, **{"trainer.precision": "bf16-mixed"}), tmp_path
+    )
+    assert all(torch.isfinite(v).all() for v in ema_state(read_checkpoint(final)).values())
+
+
+class NaNAtFirstBatch(PretrainSynthetic):
+    def prepare_batch(self, batch, generator):
+        x0, kwargs = super().prepare_batch(batch, generator)
+        return (x0 * float("nan") if self.global_step == 0 else x0), kwargs
+
+
+def test_nan_loss_stops_or_skips(tmp_path, shards, monkeypatch):
+    import glyphgen.training.train as train
+
+    monkeypatch.setitem(train.STAGE_CLASSES, "pretrain-synthetic", NaNAtFirstBatch)
+    with pytest.raises(NonFiniteLossError, match=r"non-finite loss at step 0, batch 0"):
+        train_stage(stage_cfg("pretrain-synthetic", shards, steps=2), tmp_path / "stop")
+    assert not (tmp_path / "stop" / "checkpoints" / "final.ckpt").exists()
+    final = train_stage(
+        stage_cfg("pretrain-synthetic", shards, steps=2, **{"trainer.nan_policy": "skip"}), tmp_path / "skip"
+    )
+    assert read_checkpoint(final)["global_step"] == 2
+    assert all(torch.isfinite(v).all() for v in ema_state(read_checkpoint(final)).values())
