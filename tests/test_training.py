@@ -123,7 +123,7 @@ from glyphgen.training.config import StageConfig
 class KillAt(L.Callback):
     def on_train_batch_end(self, trainer, *args):
         if trainer.global_step == {kill_at}:
-            os.kill(os.getpid(), signal.SIGKILL)  # a hard crash: no cleanup, no final checkpoint
+            os.kill(os.getpid(), signal.{signal})
 
 build = train.build_trainer
 def build_with_kill(cfg, run_dir, module):
@@ -141,7 +141,8 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(tmp_path, shards):
     uninterrupted = train_stage(load_config(StageConfig, overrides=overrides), tmp_path / "straight")
 
     run = tmp_path / "killed"
-    script = KILL_SCRIPT.format(kill_at=5, overrides=overrides, run=str(run))
+    # SIGKILL: a hard crash, no cleanup, no final checkpoint.
+    script = KILL_SCRIPT.format(kill_at=5, signal="SIGKILL", overrides=overrides, run=str(run))
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, timeout=300)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 4
@@ -154,6 +155,22 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(tmp_path, shards):
         assert torch.equal(value, b["state_dict"][key]), key
     adam_a, adam_b = a["optimizer_states"][0]["state"], b["optimizer_states"][0]["state"]
     assert all(torch.equal(adam_a[i]["exp_avg"], adam_b[i]["exp_avg"]) for i in adam_a)
+
+
+# The signal arrives after step 3's callbacks: SIGTERM stops before step 4 runs, SIGUSR1 after it.
+@pytest.mark.parametrize(("signal", "saved_at"), [("SIGTERM", 3), ("SIGUSR1", 4)])
+def test_preemption_signal_saves_last_checkpoint(tmp_path, shards, signal, saved_at):
+    overrides = stage_overrides(
+        "pretrain-synthetic", shards, steps=8, **{"trainer.checkpoint_every_n_steps": 100}
+    )
+    run = tmp_path / "run"
+    script = KILL_SCRIPT.format(kill_at=3, signal=signal, overrides=overrides, run=str(run))
+    proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, timeout=300)
+    assert proc.returncode == 1, proc.stderr.decode()[-3000:]  # a clean exit with an error, not a kill
+    assert not (run / "complete.json").exists()
+    assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == saved_at
+    final = train_stage(load_config(StageConfig, overrides=overrides), run)
+    assert read_checkpoint(final)["global_step"] == 8
 
 
 def test_warm_starts_load_weights_not_optimizer(tmp_path, shards):

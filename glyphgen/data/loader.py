@@ -33,6 +33,7 @@ import webdataset as wds
 from PIL import Image
 
 from glyphgen.config import require
+from glyphgen.data.images import resize_center_crop
 from glyphgen.data.shards import read_manifest
 from glyphgen.text.tokenizer import CharTokenizer
 
@@ -132,20 +133,12 @@ def decode_sample(sample: dict, resolution: int, channels: int) -> dict:
             raise ValueError(f"sample {sample['__key__']}: image {img.size} is far over {resolution}px")
         img = img.convert("L" if channels == 1 or img.mode in ("L", "1", "I;16", "I") else "RGB")
         if img.size != (resolution, resolution):
-            img = _resize_center_crop(img, resolution)
+            img = resize_center_crop(img, resolution)
         arr = np.asarray(img)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     if channels == 3 and arr.shape[0] == 1:
         arr = np.repeat(arr, 3, axis=0)
     return {"image": torch.from_numpy(np.ascontiguousarray(arr)), "text": sample["txt"].decode("utf-8")}
-
-
-def _resize_center_crop(img: Image.Image, size: int) -> Image.Image:
-    scale = size / min(img.size)
-    w, h = max(size, round(img.width * scale)), max(size, round(img.height * scale))
-    img = img.resize((w, h), Image.Resampling.BICUBIC, reducing_gap=2.0)
-    left, top = (w - size) // 2, (h - size) // 2
-    return img.crop((left, top, left + size, top + size))
 
 
 class Collate:

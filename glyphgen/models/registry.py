@@ -7,8 +7,10 @@ embedding, timestep-aware encoder), so the tiny ones test the same code paths th
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any
 
+from glyphgen.config import load_config
 from glyphgen.models.text_encoder import TextEncoderConfig
 from glyphgen.models.unet import UNet, UNetConfig
 
@@ -84,6 +86,21 @@ def model_config(name: str) -> UNetConfig:
     if name not in MODELS:
         raise ValueError(f"unknown model size {name!r}; choose one of {', '.join(MODELS)}")
     return MODELS[name]()
+
+
+def sized_model_config(name: str, overrides: Mapping[str, Any] | None = None) -> UNetConfig:
+    """The named size with `overrides` (a nested dict of its fields, e.g. a stage config's `model`)
+    applied and validated; errors name the key. Training and export both derive the network from this."""
+    dotlist = [f"{k}={v}" for k, v in _flatten(overrides or {})]
+    return load_config(UNetConfig, overrides=dotlist, defaults=model_config(name))
+
+
+def _flatten(d: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
+    for k, v in d.items():
+        if isinstance(v, Mapping):
+            yield from _flatten(v, f"{prefix}{k}.")
+        else:
+            yield f"{prefix}{k}", v
 
 
 def create_model(cfg: UNetConfig | str) -> UNet:

@@ -11,6 +11,7 @@ from pathlib import Path
 import lightning as L
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image, ImageDraw
 
 from glyphgen.data.preview import save_grid
@@ -75,8 +76,9 @@ class SampleGrid(L.Callback):
 
 
 class PreemptionCheckpoint(L.Callback):
-    """On SIGTERM (Lightning's handler sets `received_sigterm`) or SIGUSR1 (installed here unless the
-    SLURM environment owns it), save `last.ckpt` after the current step and stop cleanly."""
+    """Save `last.ckpt` on preemption: on SIGUSR1 (installed here unless something else owns it)
+    after the current step, then stop; on SIGTERM when Lightning's handler ends the run (it raises
+    SIGTERMException at the next step, and every callback sees it in `on_exception`)."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -92,11 +94,17 @@ class PreemptionCheckpoint(L.Callback):
         self.requested = True
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
-        if self.requested or trainer.received_sigterm:
-            trainer.save_checkpoint(self.path)
+        if self.requested:
+            self._save(trainer)
             trainer.should_stop = True
-            self.requested = False
-            self.preempted = True
+
+    def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
+        if isinstance(exception, SIGTERMException):
+            self._save(trainer)
+
+    def _save(self, trainer) -> None:
+        trainer.save_checkpoint(self.path)
+        self.requested, self.preempted = False, True
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self._previous is not None:

@@ -17,7 +17,7 @@ import torch
 from glyphgen.config import load_config, to_dict
 from glyphgen.data.loader import LoaderConfig, make_loader
 from glyphgen.diffusion import create_diffusion, drop_text, randn_from, sample
-from glyphgen.models.registry import model_config
+from glyphgen.models.registry import sized_model_config
 from glyphgen.models.unet import UNet, UNetConfig
 from glyphgen.text.tokenizer import CharTokenizer, TokenizerConfig
 from glyphgen.training.config import StageConfig
@@ -38,16 +38,7 @@ def stage_config(config: dict | StageConfig) -> StageConfig:
 
 def build_model_config(cfg: StageConfig, size: str | None = None) -> UNetConfig:
     """The named size with the stage's `model` overrides applied (validated, errors name the key)."""
-    overrides = [f"{k}={v}" for k, v in _flatten(cfg.model)]
-    return load_config(UNetConfig, overrides=overrides, defaults=model_config(size or cfg.model_size))
-
-
-def _flatten(d: dict, prefix: str = ""):
-    for k, v in d.items():
-        if isinstance(v, dict):
-            yield from _flatten(v, f"{prefix}{k}.")
-        else:
-            yield f"{prefix}{k}", v
+    return sized_model_config(size or cfg.model_size, cfg.model)
 
 
 def to_unit(images: torch.Tensor) -> torch.Tensor:

@@ -16,6 +16,7 @@ import lightning as L
 import torch
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from glyphgen.config import save_config, to_dict
 from glyphgen.training.callbacks import LossCurve, PreemptionCheckpoint, SampleGrid, StageComplete
@@ -107,7 +108,12 @@ def train_stage(cfg: StageConfig, run_dir: str | Path) -> Path:
     with warnings.catch_warnings():
         # Expected here: an iterable data stream has no sampler to replace, and logs append on resume.
         warnings.filterwarnings("ignore", message=".*(does not have many workers|exists and is not empty).*")
-        trainer.fit(module, ckpt_path=str(last) if resume else None)
+        try:
+            trainer.fit(module, ckpt_path=str(last) if resume else None)
+        except SIGTERMException:
+            pass  # preempted: PreemptionCheckpoint has saved last.ckpt
     if not is_complete(run_dir):
-        raise RuntimeError(f"{run_dir}: stopped before the end; run again to resume from {last}")
+        raise RuntimeError(
+            f"{run_dir}: stopped at step {trainer.global_step} before the end; run again to resume from {last}"
+        )
     return final_checkpoint(run_dir)
