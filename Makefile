@@ -10,7 +10,7 @@ TORCH_PIN := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || ec
 PIPELINE ?= pipelines/tiny.yaml
 GLYPHGEN := $(BIN)/glyphgen
 
-.PHONY: install test lint shards fonts clean pipeline pretrain-synthetic finetune-real superres bench
+.PHONY: install test lint shards fonts clean pipeline pretrain-synthetic finetune-real superres bench export sample
 
 install: $(STAMP)
 
@@ -40,6 +40,17 @@ pipeline: $(STAMP)
 
 pretrain-synthetic finetune-real superres: $(STAMP)
 	$(GLYPHGEN) pipeline $(PIPELINE) --stage $@ $(ARGS)
+
+# Inference: export a stage's final EMA weights as a bundle, then sample from it.
+# make export CKPT=runs/tiny/superres/checkpoints/final.ckpt OUT=runs/tiny/bundles/superres
+CKPT ?= runs/tiny/finetune-real/checkpoints/final.ckpt
+OUT  ?= runs/tiny/bundles/base
+TEXT ?= hello\nworld
+export: $(STAMP)
+	$(GLYPHGEN) export $(CKPT) --out $(OUT) $(ARGS)
+
+sample: $(STAMP)
+	$(GLYPHGEN) sample "$(TEXT)" --base $(OUT) --out runs/samples/sample.png $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(if $(DEVICE),--device $(DEVICE)) $(BENCH_ARGS)

@@ -37,13 +37,14 @@ def timed(fn, repeats: int, warmup: int = 1) -> dict:
 def bench_data(args) -> list[dict]:
     from glyphgen.config import load_config
     from glyphgen.data import synthetic
+    from glyphgen.data.fonts import discover_fonts
     from glyphgen.data.loader import LoaderConfig, make_loader
 
     rows = []
     n = 300 if args.quick else 2000
     for res in (64, 128, 256):
         cfg = load_config(synthetic.SyntheticConfig, values={"resolution": res, "count": n})
-        synthetic.init_worker(cfg)
+        synthetic.init_worker(cfg, discover_fonts(cfg.fonts, cfg.alphabet))
         indices = iter(range(10**9))
         t = timed(lambda: [synthetic.make_sample(next(indices)) for _ in range(n)], repeats=3)
         rows.append(

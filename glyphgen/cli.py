@@ -79,7 +79,61 @@ def build_parser() -> argparse.ArgumentParser:
     check = verbs.add_parser("check-shards", help="stream a shard folder once and report what it holds")
     _config_args(check)
     check.add_argument("shards", help="shard folder or URL pattern")
+
+    export = verbs.add_parser(
+        "export", help="stage checkpoint -> inference bundle (safetensors + config.yaml)"
+    )
+    export.add_argument(
+        "checkpoint", help="a stage checkpoint, e.g. runs/tiny/superres/checkpoints/final.ckpt"
+    )
+    export.add_argument("--out", required=True, help="bundle folder to write")
+    export.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="weight dtype")
+    export.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+
+    sample = verbs.add_parser(
+        "sample",
+        help="write a prompt into images",
+        description="Sample images of a prompt (type \\n for a new line). --out: a PATH ending in .png "
+        "is the image (n=1) or the name pattern for several (x.png -> x-0.png, x-1.png, ...); any other "
+        "PATH is a folder that receives sample-0.png, ... With --rerank one image is written (a folder "
+        "gets best.png) and a JSON of every candidate beside it.",
+    )
+    sample.add_argument("text", help="the prompt; \\n starts a new line")
+    sample.add_argument("--base", required=True, help="base model bundle folder")
+    sample.add_argument("--superres", help="super-resolution bundle folder: upsample the base samples")
+    sample.add_argument("--out", required=True, help="PNG path, or folder (see above)")
+    _sampling_args(sample, n=1)
+    sample.add_argument("--sr-guidance", type=float, help="superres guidance scale (default: its bundle's)")
+    sample.add_argument("--rerank", action="store_true", help="OCR rejection sampling: keep the best of --n")
+    sample.add_argument(
+        "--rerank-high", type=float, help="keep only candidates scoring at least this, if any"
+    )
+    sample.add_argument("--rerank-low", type=float, help="else drop candidates scoring below this")
+    sample.add_argument("--rerank-keep", type=int, help="upsample at most this many survivors (0: all)")
+
+    evaluate = verbs.add_parser(
+        "evaluate", help="OCR metrics of a bundle on a prompt set, and a labelled grid"
+    )
+    evaluate.add_argument("bundle", help="base model bundle folder")
+    evaluate.add_argument(
+        "--prompts", required=True, help="prompt file (one per line, \\n = new line), or words, random, posts"
+    )
+    evaluate.add_argument("--superres", help="also upsample with this bundle and score the cascade")
+    evaluate.add_argument("--out", type=Path, help="report folder (default: runs/eval/BUNDLE-PROMPTS)")
+    _sampling_args(evaluate, n=2)
     return parser
+
+
+def _sampling_args(p: argparse.ArgumentParser, n: int) -> None:
+    p.add_argument("--n", type=int, default=n, help=f"images per prompt (default {n})")
+    p.add_argument("--seed", type=int, default=0, help="same seed, n and batch size: same images")
+    p.add_argument(
+        "--steps", help="sampling steps, e.g. 50, ddim25 or 90,60,60,20,20 (default: the bundle's)"
+    )
+    p.add_argument("--sampler", choices=["ddim", "ddpm"], help="default: the bundle's")
+    p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the bundle's)")
+    p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
+    p.add_argument("--batch-size", type=int, default=8, help="images sampled at once")
 
 
 def _values(args: argparse.Namespace, names: list[str]) -> dict:
@@ -161,7 +215,127 @@ def cmd_pipeline(args) -> None:
         print(final)
 
 
+def cmd_export(args) -> None:
+    from glyphgen.inference.export import export_bundle
+
+    print(export_bundle(args.checkpoint, args.out, args.dtype, args.overwrite))
+
+
+def _bundles(base_path: str, superres_path: str | None, device: str | None):
+    from glyphgen.inference.bundle import load_bundle
+    from glyphgen.inference.sample import check_cascade
+
+    base = load_bundle(base_path, device)
+    superres = load_bundle(superres_path, device) if superres_path else None
+    check_cascade(base, superres)
+    return base, superres
+
+
+class _Bars:
+    """One progress bar per sampling stage ("base", "superres"), all closed at the end."""
+
+    def __init__(self):
+        self.bars: list = []
+
+    def __call__(self, stage: str):
+        from glyphgen.inference.progress import ProgressBar
+
+        self.close()  # the previous stage is done: one bar on screen at a time
+        self.bars.append(ProgressBar(stage))
+        return self.bars[-1]
+
+    def close(self) -> None:
+        for bar in self.bars:
+            bar.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+def sample_paths(out: Path, n: int) -> list[Path]:
+    """Where `glyphgen sample` writes n images (see its --help)."""
+    if out.suffix.lower() == ".png":
+        width = len(str(n - 1))
+        return [out] if n == 1 else [out.with_name(f"{out.stem}-{i:0{width}d}.png") for i in range(n)]
+    return [out / f"sample-{i}.png" for i in range(n)]
+
+
+def cmd_sample(args) -> None:
+    from glyphgen.eval.prompts import unescape_newlines
+    from glyphgen.inference.sample import cascade, check_prompts, to_pil
+
+    text = unescape_newlines(args.text)
+    base, superres = _bundles(args.base, args.superres, args.device)
+    check_prompts([text], base.tokenizer)  # before any model runs: a typo costs nothing
+    common = dict(n=args.n, seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.guidance)
+    with _Bars() as progress:
+        if args.rerank:
+            from glyphgen.inference.rerank import RerankConfig, rerank
+
+            options = {"high": args.rerank_high, "low": args.rerank_low, "max_keep": args.rerank_keep}
+            cfg = load_config(RerankConfig, values=options)
+            result = rerank(
+                text,
+                base,
+                superres,
+                **common,
+                sr_guidance=args.sr_guidance,
+                batch_size=args.batch_size,
+                config=cfg,
+                progress=progress,
+            )
+            out = Path(args.out)
+            for path in result.save(out if out.suffix.lower() == ".png" else out / "best.png"):
+                print(path)
+            return
+        images = cascade(
+            base,
+            superres,
+            [text],
+            **common,
+            sr_guidance=args.sr_guidance,
+            batch_size=args.batch_size,
+            progress=progress,
+        )
+    for picture, path in zip(to_pil(images), sample_paths(Path(args.out), args.n), strict=True):
+        path.parent.mkdir(parents=True, exist_ok=True)
+        picture.save(path)
+        print(path)
+
+
+def cmd_evaluate(args) -> None:
+    from glyphgen.eval.prompts import prompt_file, read_prompts
+
+    prompts = read_prompts(args.prompts)
+    base, superres = _bundles(args.bundle, args.superres, args.device)
+    out = (
+        args.out
+        or Path("runs") / "eval" / f"{Path(args.bundle).resolve().name}-{prompt_file(args.prompts).stem}"
+    )
+    with _Bars() as progress:
+        report = base.evaluate(
+            prompts,
+            args.n,
+            args.seed,
+            args.steps,
+            args.sampler,
+            args.guidance,
+            args.batch_size,
+            superres=superres,
+            progress=progress,
+        )
+    for path in report.save(out):
+        print(path)
+    print(report.summary())
+
+
 COMMANDS = {
+    "export": cmd_export,
+    "sample": cmd_sample,
+    "evaluate": cmd_evaluate,
     "train": cmd_train,
     "pipeline": cmd_pipeline,
     "model-info": cmd_model_info,

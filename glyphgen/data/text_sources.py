@@ -15,6 +15,7 @@ from dataclasses import dataclass, field, fields
 from pathlib import Path
 
 from glyphgen.config import require, require_path
+from glyphgen.eval.prompts import HELD_OUT_WORDS
 
 SOURCES = ("words", "random_chars", "numbers", "punctuation", "posts")
 CASES = ("as_is", "lower", "upper", "title")
@@ -80,8 +81,10 @@ class TextConfig:
     """Most lines in one transcript before wrapping."""
     vocab_size: int = 20000
     """How many of wordfreq's most frequent English words the word sources draw from."""
-    exclude_words_file: str | None = None
-    """Text file with one word per line; those words (any case) never appear in a transcript."""
+    exclude_words_file: str | None = HELD_OUT_WORDS
+    """Text file with one word per line (`#` lines are comments); those words (any case) never appear
+    in a transcript. Default: the evaluator's held-out word set (glyphgen/eval/prompts/words.txt), so
+    it stays unseen in training; null excludes nothing."""
 
     def __post_init__(self):
         require(sum(vars(self.sources).values()) > 0, "sources", "all source weights are zero")
@@ -111,12 +114,11 @@ def load_vocab(vocab_size: int, alphabet: str, exclude: frozenset[str]) -> list[
 
 
 def read_word_list(path: str | None) -> frozenset[str]:
-    """Lower-cased words of a one-word-per-line file (blank lines ignored)."""
+    """Lower-cased words of a one-word-per-line file (blank lines and `#` comments ignored)."""
     if path is None:
         return frozenset()
-    return frozenset(
-        w.strip().lower() for w in Path(path).read_text(encoding="utf-8").splitlines() if w.strip()
-    )
+    lines = (w.strip().lower() for w in Path(path).read_text(encoding="utf-8").splitlines())
+    return frozenset(w for w in lines if w and not w.startswith("#"))
 
 
 def apply_case(line: str, case: str) -> str:
