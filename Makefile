@@ -10,7 +10,8 @@ TORCH_PIN := $(shell command -v nvidia-smi >/dev/null 2>&1 && echo "torch" || ec
 PIPELINE ?= pipelines/tiny.yaml
 GLYPHGEN := $(BIN)/glyphgen
 
-.PHONY: install test lint shards fonts clean pipeline pretrain-synthetic finetune-real superres bench export sample
+.PHONY: install test lint shards fonts clean pipeline pretrain-synthetic finetune-real superres bench export sample \
+	quality-gpu quality-cpu
 
 install: $(STAMP)
 
@@ -24,8 +25,8 @@ test: $(STAMP)
 	$(BIN)/python -m pytest -q tests
 
 lint: $(STAMP)
-	$(BIN)/ruff check glyphgen tests
-	$(BIN)/ruff format --check glyphgen tests
+	$(BIN)/ruff check glyphgen tests bench
+	$(BIN)/ruff format --check glyphgen tests bench
 
 # The default shards: synthetic text images and the embedded real-photo demo set, at 64 px
 # (each built once; delete the folder or run glyphgen make-shards --overwrite to rebuild).
@@ -51,6 +52,17 @@ export: $(STAMP)
 
 sample: $(STAMP)
 	$(GLYPHGEN) sample "$(TEXT)" --base $(OUT) --out runs/samples/sample.png $(ARGS)
+
+# The quality run (README "Quality run"): train on a wall-clock budget, export, evaluate on the
+# held-out prompt sets, write runs/NAME/quality.md. quality-gpu fits 25 minutes on one H100;
+# quality-cpu rehearses it with the tiny model. Weave vs GLIDE at equal wall clock:
+#   make quality-gpu && make quality-gpu NAME=quality-glide ARGS="model.text_attention=glide"
+quality-gpu: $(STAMP)
+	$(GLYPHGEN) quality --pipeline pipelines/quality-gpu.yaml --budget $(or $(BUDGET),18m) $(if $(NAME),--name $(NAME)) $(ARGS)
+
+quality-cpu: $(STAMP)
+	$(GLYPHGEN) quality --pipeline pipelines/quality-cpu.yaml --budget $(or $(BUDGET),2m) $(if $(NAME),--name $(NAME)) \
+		--max-prompts 8 --n 1 --steps 25 --batch-size 8 --device cpu $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(if $(DEVICE),--device $(DEVICE)) $(BENCH_ARGS)

@@ -121,6 +121,27 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--superres", help="also upsample with this bundle and score the cascade")
     evaluate.add_argument("--out", type=Path, help="report folder (default: runs/eval/BUNDLE-PROMPTS)")
     _sampling_args(evaluate, n=2)
+
+    quality = verbs.add_parser(
+        "quality", help="the quality run: train a pipeline on a time budget, export, evaluate"
+    )
+    quality.add_argument("--pipeline", help="pipeline YAML (default pipelines/quality-gpu.yaml)")
+    quality.add_argument("--name", help="run name (default: the pipeline's): one per variant compared")
+    quality.add_argument(
+        "--budget", help="training wall clock per stage: 18m, 90s, DD:HH:MM:SS (default 18m)"
+    )
+    quality.add_argument(
+        "--prompts", nargs="+", dest="prompt_sets", help="prompt sets (default: words random posts)"
+    )
+    quality.add_argument("--max-prompts", type=int, help="evaluate the first K prompts of each set")
+    _sampling_args(quality, n=4)
+    quality.set_defaults(batch_size=64)
+    quality.add_argument(
+        "overrides",
+        nargs="*",
+        metavar="KEY=VALUE",
+        help="stage config overrides, e.g. model.text_attention=glide",
+    )
     return parser
 
 
@@ -332,10 +353,20 @@ def cmd_evaluate(args) -> None:
     print(report.summary())
 
 
+def cmd_quality(args) -> None:
+    from glyphgen.eval.quality import QualityConfig, run_quality
+
+    names = ["pipeline", "name", "budget", "prompt_sets", "max_prompts", "n", "seed", "steps", "sampler"]
+    names += ["guidance", "batch_size", "device", "overrides"]
+    cfg = load_config(QualityConfig, values=_values(args, names))
+    print(run_quality(cfg)["report"])
+
+
 COMMANDS = {
     "export": cmd_export,
     "sample": cmd_sample,
     "evaluate": cmd_evaluate,
+    "quality": cmd_quality,
     "train": cmd_train,
     "pipeline": cmd_pipeline,
     "model-info": cmd_model_info,

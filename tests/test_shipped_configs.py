@@ -27,8 +27,15 @@ def test_pipeline_and_its_stages_load(path, monkeypatch):
             import importlib
 
             module, schema, _ = BUILDERS[cfg.build_shards.kind]
-            shards = load_config(getattr(importlib.import_module(module), schema), [cfg.build_shards.config])
-            assert shards.out == cfg.data.shards and shards.resolution >= model.resolution
+            # The runner builds into data.shards at the model's resolution: the rest must validate.
+            values = {"out": cfg.data.shards, "resolution": model.resolution}
+            shards = load_config(
+                getattr(importlib.import_module(module), schema),
+                [cfg.build_shards.config],
+                cfg.build_shards.overrides,
+                values=values,
+            )
+            assert shards.resolution == model.resolution
 
 
 def test_tiny_pipeline_is_the_default():

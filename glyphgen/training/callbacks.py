@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 import signal
+import time
 from pathlib import Path
 
 import lightning as L
@@ -114,7 +115,10 @@ class PreemptionCheckpoint(L.Callback):
 class StageComplete(L.Callback):
     """When training ends by reaching max_steps (or the max_time budget) and not by preemption, save
     `final.ckpt` and write `complete.json` (rank zero). Runs inside the training processes, so it
-    works the same under ddp_spawn, where the launching process never sees the final step."""
+    works the same under ddp_spawn, where the launching process never sees the final step.
+
+    `complete.json` also records the throughput of the last run segment (since the last start or
+    resume): its training seconds and the images all ranks trained on, sample grids included."""
 
     def __init__(
         self, final: Path, marker: Path, max_steps: int, timed: bool, preemption: PreemptionCheckpoint
@@ -126,15 +130,30 @@ class StageComplete(L.Callback):
             timed,
             preemption,
         )
+        self._start = 0.0
+        self._images = 0
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._start, self._images = time.perf_counter(), 0
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        self._images += len(batch["text"]) * trainer.world_size
 
     def on_train_end(self, trainer, pl_module) -> None:
         if self.preemption.preempted or (trainer.global_step < self.max_steps and not self.timed):
             return
+        seconds = time.perf_counter() - self._start
         trainer.save_checkpoint(self.final)
         if trainer.is_global_zero:
-            self.marker.write_text(
-                json.dumps({"step": trainer.global_step, "checkpoint": str(self.final)}) + "\n"
-            )
+            record = {
+                "step": trainer.global_step,
+                "checkpoint": str(self.final),
+                "world_size": trainer.world_size,
+                "segment_seconds": round(seconds, 3),
+                "segment_images": self._images,
+                "images_per_second": round(self._images / max(seconds, 1e-9), 3),
+            }
+            self.marker.write_text(json.dumps(record) + "\n")
 
 
 def read_metric(csv_path: Path, name: str) -> list[tuple[int, float]]:

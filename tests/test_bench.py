@@ -1,0 +1,127 @@
+"""bench/run.py at tiny scale on the CPU: the timing helper, the matmul peak, the model, sampling and
+data benches, the table printer and the data-headroom arithmetic."""
+
+from __future__ import annotations
+
+import math
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+
+import report  # noqa: E402
+import run  # noqa: E402
+
+
+def test_timed_warms_up_then_reports_median_and_spread():
+    sleeps = iter([0.2, 0.01, 0.05, 0.03])  # the first call is the warm-up and is not timed
+    calls = []
+
+    def fn():
+        calls.append(1)
+        time.sleep(next(sleeps))
+
+    t = run.timed(fn, repeats=3, warmup=1)
+    assert len(calls) == 4 and t["runs"] == 3
+    assert 0.01 <= t["min_s"] < t["median_s"] < t["max_s"]
+    assert 0.03 <= t["median_s"] < 0.05 <= t["max_s"] < 0.2
+
+
+def test_per_second_turns_times_into_rates():
+    rate = run.per_second(10, {"median_s": 2.0, "min_s": 1.0, "max_s": 5.0})
+    assert rate == {"images_per_s": 5.0, "spread": [2.0, 10.0]}
+
+
+def test_matmul_peak_is_a_positive_finite_rate():
+    peak = run.matmul_peak("cpu", n=256, repeats=2)
+    assert peak["dtype"] == "float32" and peak["n"] == 256
+    assert math.isfinite(peak["TFLOP_per_s"]) and peak["TFLOP_per_s"] > 0
+
+
+@pytest.fixture(scope="module")
+def tiny_rows():
+    peak = run.matmul_peak("cpu", n=1024, repeats=3)["TFLOP_per_s"] * 1e12
+    return run.model_rows({"tiny": 2}, "cpu", ["eager", "channels_last"], repeats=1, peak=peak)
+
+
+def test_model_bench_rows_per_mode_and_variant(tiny_rows):
+    got = {(r["attention"], r["variant"]) for r in tiny_rows}
+    assert got == {(m, v) for m in ("weave", "glide", "none") for v in ("eager", "channels_last")}
+    for r in tiny_rows:
+        assert r["bench"] == "fwd+bwd" and r["model"] == "tiny" and r["batch"] == 2
+        assert r["images_per_s"] > 0 and r["spread"][0] <= r["images_per_s"] <= r["spread"][1]
+        assert 0 < r["mfu"] < 1.5
+        assert r["TFLOP_per_s"] == pytest.approx(3 * r["fwd_GFLOP_per_img"] * 1e9 * r["images_per_s"] / 1e12)
+        assert r["act_MiB_per_img"] > 0 and "peak_MiB" not in r
+
+
+def test_weave_saves_more_activations_than_no_text(tiny_rows):
+    act = {r["attention"]: r["act_MiB_per_img"] for r in tiny_rows if r["variant"] == "eager"}
+    assert act["weave"] > act["none"]
+
+
+def test_sampling_bench_base_and_superres():
+    rows = [run.sampling_rate(name, 1, "cpu", repeats=1, steps=2) for name in ("tiny", "tiny-sr")]
+    assert [r["superres"] for r in rows] == [False, True]
+    assert [r["resolution"] for r in rows] == [32, 64]
+    for r in rows:
+        assert r["steps"] == 2 and r["guidance"] == 3.0 and r["images_per_s"] > 0
+
+
+def test_render_rate_is_positive():
+    row = run.render_rate(32, 4, repeats=1)
+    assert row["resolution"] == 32 and row["images_per_s"] > 0
+
+
+def test_table_aligns_columns():
+    rows = [
+        {"model": "tiny", "images_per_s": 18.6, "spread": [17.0, 19.5], "mfu": 0.4},
+        {"model": "base64-long", "images_per_s": 1234.5, "spread": [1200.0, 1300.0], "mfu": 0.05},
+    ]
+    lines = report.table(rows).splitlines()
+    header, rule, *body = lines
+    assert header.split() == ["model", "images_per_s", "spread", "mfu"] and len(body) == 2
+    assert set(rule) == {"-", " "}
+    # Text columns start where their header starts; number columns end where theirs ends.
+    assert all(
+        line.index(row["model"]) == header.index("model") for line, row in zip(body, rows, strict=True)
+    )
+    for key in ("images_per_s", "spread", "mfu"):
+        end = header.index(key) + len(key)
+        for line, row in zip(body, rows, strict=True):
+            cell = report.fmt(row[key])
+            assert line.index(cell) + len(cell) == end, (key, line)
+    assert "1,234" in body[1] and "17..19.5" in body[0]
+
+
+def test_headroom_workers():
+    assert report.workers_for_headroom(100.0, 50.0) == 2  # 3 x 50 = 150 images/s needs 2 workers
+    assert report.workers_for_headroom(1000.0, 10.0) == 1
+    data = [{"bench": "loader decode+tokenize", "images_per_s": 100.0}]
+    model = [
+        {"bench": "fwd+bwd", "model": "tiny", "attention": "weave", "variant": v, "images_per_s": ips}
+        for v, ips in (("eager", 40.0), ("compile", 70.0))
+    ] + [
+        {"bench": "fwd+bwd", "model": "tiny", "attention": "none", "variant": "eager", "images_per_s": 500.0}
+    ]
+    line = report.headroom_line(data, model, "tiny")
+    assert "(compile)" in line and "-> 3 loader worker(s)" in line  # the fastest weave variant: 3 x 70
+    assert report.headroom_line([], model, "tiny") is None
+
+
+def test_cli_sections_variants_and_cuda_guard():
+    args = run.parse_args(["--only", "sampling", "--device", "cpu"])
+    assert args.sections == ["sampling"] and args.variants == ["eager"] and args.kind == "cpu"
+    assert run.parse_args(["--device", "cpu"]).sections == ["data", "model", "sampling"]
+    forced = run.parse_args(["--device", "cpu", "--variants", "eager,compile"])
+    assert forced.variants == ["eager", "compile"]
+    for bad in (["--only", "speed"], ["--variants", "turbo"]):
+        with pytest.raises(SystemExit):
+            run.parse_args(["--device", "cpu", *bad])
+    if not torch.cuda.is_available():
+        with pytest.raises(SystemExit):
+            run.parse_args(["--device", "cuda"])
