@@ -33,15 +33,14 @@ import argparse
 import contextlib
 import dataclasses
 import json
-import statistics
 import sys
 import tempfile
-import time
-from collections.abc import Callable
 from pathlib import Path
 
 import torch
 from report import headroom_line, metadata, print_tables
+
+from glyphgen.perf import matmul_peak, on_cuda, sync, timed
 
 RESULTS = Path(__file__).parent / "results"
 MODES = ("weave", "glide", "none")
@@ -51,30 +50,9 @@ MODEL_BATCHES = {"cpu": {"tiny": 8, "base64": 2}, "cuda": {"tiny": 64, "base64":
 SAMPLING_BATCHES = {"cpu": {"tiny": 4, "tiny-sr": 2}, "cuda": {"base64": 64, "base128": 64, "sr256": 16}}
 
 
-def timed(fn: Callable[[], object], repeats: int, warmup: int = 1) -> dict:
-    for _ in range(warmup):
-        fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return {"median_s": statistics.median(times), "min_s": min(times), "max_s": max(times), "runs": repeats}
-
-
 def per_second(count: int, t: dict) -> dict:
     """`count` images per run of `timed`'s result as images/s: the median and the spread."""
     return {"images_per_s": count / t["median_s"], "spread": [count / t["max_s"], count / t["min_s"]]}
-
-
-def on_cuda(device: str) -> bool:
-    return torch.device(device).type == "cuda"
-
-
-def sync(device: str) -> None:
-    """Wait for the device's queued kernels, so a timer around the call sees them."""
-    if on_cuda(device):
-        torch.cuda.synchronize(device)
 
 
 def autocast(device: str):
@@ -126,27 +104,6 @@ def bench_data(args) -> list[dict]:
 
 
 # -- model --------------------------------------------------------------------------------------------
-
-
-def matmul_peak(device: str, n: int | None = None, repeats: int = 5) -> dict:
-    """The device's practical matmul peak, the denominator of MFU: FLOP/s of an n x n matmul, median
-    after warm-up; bf16 on CUDA (the tensor cores autocast uses), fp32 on the CPU."""
-    cuda = on_cuda(device)
-    n = n or (8192 if cuda else 2048)
-    dtype = torch.bfloat16 if cuda else torch.float32
-    a, b = (torch.randn(n, n, device=device, dtype=dtype) for _ in range(2))
-
-    def matmul():
-        a @ b
-        sync(device)
-
-    t = timed(matmul, repeats, warmup=2)
-    return {
-        "bench": "matmul peak",
-        "n": n,
-        "dtype": str(dtype).removeprefix("torch."),
-        "TFLOP_per_s": 2 * n**3 / t["median_s"] / 1e12,
-    }
 
 
 def saved_bytes(fn, module: torch.nn.Module) -> int:
@@ -276,7 +233,7 @@ def model_rows(batches: dict[str, int], device: str, variants, repeats: int, pea
 
 
 def bench_model(args) -> list[dict]:
-    peak = matmul_peak(args.device)
+    peak = {"bench": "matmul peak", **matmul_peak(args.device)}
     rows = model_rows(
         MODEL_BATCHES[args.kind],
         args.device,

@@ -16,6 +16,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 import report  # noqa: E402
 import run  # noqa: E402
 
+from glyphgen import perf  # noqa: E402
+
 
 def test_timed_warms_up_then_reports_median_and_spread():
     sleeps = iter([0.2, 0.01, 0.05, 0.03])  # the first call is the warm-up and is not timed
@@ -25,7 +27,7 @@ def test_timed_warms_up_then_reports_median_and_spread():
         calls.append(1)
         time.sleep(next(sleeps))
 
-    t = run.timed(fn, repeats=3, warmup=1)
+    t = perf.timed(fn, repeats=3, warmup=1)
     assert len(calls) == 4 and t["runs"] == 3
     assert 0.01 <= t["min_s"] < t["median_s"] < t["max_s"]
     assert 0.03 <= t["median_s"] < 0.05 <= t["max_s"] < 0.2
@@ -37,14 +39,14 @@ def test_per_second_turns_times_into_rates():
 
 
 def test_matmul_peak_is_a_positive_finite_rate():
-    peak = run.matmul_peak("cpu", n=256, repeats=2)
+    peak = perf.matmul_peak("cpu", n=256, repeats=2)
     assert peak["dtype"] == "float32" and peak["n"] == 256
     assert math.isfinite(peak["TFLOP_per_s"]) and peak["TFLOP_per_s"] > 0
 
 
 @pytest.fixture(scope="module")
 def tiny_rows():
-    peak = run.matmul_peak("cpu", n=1024, repeats=3)["TFLOP_per_s"] * 1e12
+    peak = perf.matmul_peak("cpu", n=1024, repeats=3)["TFLOP_per_s"] * 1e12
     return run.model_rows({"tiny": 2}, "cpu", ["eager", "channels_last"], repeats=1, peak=peak)
 
 

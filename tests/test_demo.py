@@ -64,3 +64,23 @@ def test_phrase_bank_is_fixed_printable_text():
     assert all(set(p) <= set(ALPHABET) and p == p.strip() for p in bank)
     assert any(re.search(r"\d", p) for p in bank) and any(set(p) & set(string.punctuation) for p in bank)
     assert phrase_bank() is bank
+
+
+def test_phrase_bank_never_uses_a_held_out_evaluation_word(monkeypatch, tmp_path):
+    from glyphgen.data import demo
+    from glyphgen.data.text_sources import read_word_list
+    from glyphgen.eval import prompts
+
+    held_out = read_word_list(prompts.HELD_OUT_WORDS)
+    used = {w.lower().strip(",!?") for p in phrase_bank() for w in p.split()}
+    assert held_out and not held_out & used
+
+    # The exclusion is real, not luck: a held-out list naming common words removes them.
+    common = demo.words()[:5]
+    (tmp_path / "words.txt").write_text("\n".join(common) + "\n")
+    monkeypatch.setattr(prompts, "HELD_OUT_WORDS", str(tmp_path / "words.txt"))
+    demo.words.cache_clear()
+    try:
+        assert not set(common) & set(demo.words())
+    finally:
+        demo.words.cache_clear()

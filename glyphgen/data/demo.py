@@ -119,12 +119,17 @@ class DemoRealConfig:
 
 @cache
 def words() -> tuple[str, ...]:
+    """Common English words for the phrases, minus the held-out evaluation words."""
     from wordfreq import top_n_list
 
+    from glyphgen.data.text_sources import read_word_list
+    from glyphgen.eval.prompts import HELD_OUT_WORDS
+
+    excluded = _UNWANTED | read_word_list(HELD_OUT_WORDS)
     return tuple(
         w
         for w in top_n_list("en", 3000)
-        if _WORD.fullmatch(w) and (len(w) > 1 or w in ("a", "i")) and w not in _UNWANTED
+        if _WORD.fullmatch(w) and (len(w) > 1 or w in ("a", "i")) and w not in excluded
     )
 
 

@@ -114,9 +114,12 @@ def train_flops_per_image(stage_config: Path) -> float:
 
 def run_quality(cfg: QualityConfig, command: str | None = None) -> dict[str, Any]:
     """Train, export, evaluate; returns the report (also written to RUN/quality.json and .md)."""
+    import torch
+
     from glyphgen.eval.prompts import prompt_file, read_prompts
     from glyphgen.inference.bundle import load_bundle
     from glyphgen.inference.export import export_bundle
+    from glyphgen.perf import matmul_peak
     from glyphgen.training.pipeline import load_pipeline, run_pipeline, stage_run_dir
     from glyphgen.training.train import final_checkpoint
 
@@ -126,6 +129,8 @@ def run_quality(cfg: QualityConfig, command: str | None = None) -> dict[str, Any
     run = Path(pipeline.run_root) / pipeline.name
     budget = max_time(parse_budget(cfg.budget))
 
+    # Measured first, on an idle device: after training, loader workers may still hold the CPU.
+    peak = matmul_peak("cuda" if torch.cuda.is_available() else "cpu")
     start = time.perf_counter()
     run_pipeline(cfg.pipeline, [*cfg.overrides, f"trainer.max_time={budget}"], pipeline_overrides=renamed)
     pipeline_seconds = time.perf_counter() - start
@@ -133,9 +138,11 @@ def run_quality(cfg: QualityConfig, command: str | None = None) -> dict[str, Any
     for stage in pipeline.stages:
         stage_dir = stage_run_dir(pipeline, stage)
         info = stage_throughput(stage_dir)
-        flops = train_flops_per_image(stage_dir / "config.yaml")
         rate = info["images_per_second"]
-        info["train_tflops_per_second"] = rate * flops / 1e12 if rate else None
+        tflops = rate * train_flops_per_image(stage_dir / "config.yaml") / 1e12 if rate else None
+        info["train_tflops_per_second"] = tflops
+        # Per device: the stage's images/s counts every rank.
+        info["mfu"] = tflops / (info["world_size"] or 1) / peak["TFLOP_per_s"] if tflops else None
         stages[stage.name] = info
 
     last = stage_run_dir(pipeline, pipeline.stages[-1])
@@ -161,6 +168,7 @@ def run_quality(cfg: QualityConfig, command: str | None = None) -> dict[str, Any
         "machine": machine(),
         "config": to_dict(cfg),
         "budget_per_stage": budget,
+        "matmul_peak": peak,
         "pipeline_seconds": round(pipeline_seconds, 1),
         "total_seconds": round(time.perf_counter() - start, 1),
         "stages": stages,
@@ -187,20 +195,22 @@ def machine() -> dict[str, str]:
 
 def markdown(result: dict[str, Any]) -> str:
     """The report as the Markdown that goes into BENCHMARKS.md."""
+    peak = result["matmul_peak"]
     lines = [
         f"Quality run, {result['date']}, {result['machine']['device']}, torch {result['machine']['torch']}",
         "",
         f"    {result['command']}",
         "",
         f"Budget {result['budget_per_stage']} per stage; {result['total_seconds']:.0f} s in all "
-        f"({result['pipeline_seconds']:.0f} s building shards and training).",
+        f"({result['pipeline_seconds']:.0f} s building shards and training). MFU per device against "
+        f"the measured {peak['dtype']} matmul peak, {peak['TFLOP_per_s']:.3g} TFLOP/s.",
         "",
-        "| stage | steps | images/s (wall clock) | train TFLOP/s |",
-        "|---|---:|---:|---:|",
+        "| stage | steps | images/s (wall clock) | train TFLOP/s | MFU |",
+        "|---|---:|---:|---:|---:|",
     ]
     for name, s in result["stages"].items():
-        rate, tflops = s["images_per_second"], s["train_tflops_per_second"]
-        lines.append(f"| {name} | {s['step']} | {rate or 0:,.1f} | {tflops or 0:.2f} |")
+        rate, tflops, mfu = s["images_per_second"], s["train_tflops_per_second"], s["mfu"]
+        lines.append(f"| {name} | {s['step']} | {rate or 0:,.1f} | {tflops or 0:.2f} | {mfu or 0:.3f} |")
     lines += [
         "",
         f"Sampling: {json.dumps(result['sampling'])}",
