@@ -142,7 +142,7 @@ def fwd_bwd(name: str, mode: str, variant: str, batch: int, device: str, repeats
     torch.manual_seed(0)
     cfg = dataclasses.replace(model_config(name), text_attention=mode)
     model = UNet(cfg)
-    flops = forward_flops(model)  # per image; autocast and layout change no FLOP count
+    flops = forward_flops(cfg)  # per image; autocast and layout change no FLOP count
     channels_last = "channels_last" in variant
     model.to(device, memory_format=torch.channels_last if channels_last else torch.preserve_format)
     inputs = {k: to_layout(v, device, channels_last) for k, v in example_inputs(cfg, batch).items()}

@@ -35,3 +35,12 @@ def write_shards(folder, n: int, maxcount: int, size: int = 32, mode: str = "L")
 @pytest.fixture
 def rng():
     return random.Random(0)
+
+
+def one_line_error(code: int, err: str, *fragments: str) -> None:
+    """A CLI exit for a user mistake: code 2 and one `glyphgen: error:` line naming each fragment."""
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("glyphgen: error: "), err
+    for fragment in fragments:
+        assert fragment in lines[0], lines[0]

@@ -10,6 +10,7 @@ import pytest
 import torch
 import yaml
 from bundle_fixtures import trained_checkpoints
+from conftest import one_line_error
 from safetensors.torch import load_file, save_file
 
 from glyphgen.checkpoint_io import ema_state, read_checkpoint
@@ -142,14 +143,6 @@ def test_export_cli_refuses_an_existing_bundle_unless_overwrite(ckpts, tmp_path,
     assert code == 0 and stdout.strip() == str(out)
     assert yaml.safe_load((out / "config.yaml").read_text())["stage"] == "superres"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["bundle"]
-
-
-def one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("glyphgen: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 def test_export_errors_name_the_problem(ckpts, tmp_path, capsys):

@@ -9,6 +9,7 @@ import json
 
 import pytest
 from bundle_fixtures import trained_checkpoints
+from conftest import one_line_error
 from PIL import Image
 
 from glyphgen.cli import main
@@ -139,14 +140,6 @@ def test_newlines_are_typed_as_backslash_n():
 
 
 # -- bad inputs ----------------------------------------------------------------------------------------
-
-
-def one_line_error(code: int, err: str, *fragments: str) -> None:
-    assert code == 2
-    lines = err.strip().splitlines()
-    assert len(lines) == 1 and lines[0].startswith("glyphgen: error: "), err
-    for fragment in fragments:
-        assert fragment in lines[0], lines[0]
 
 
 @pytest.mark.parametrize(

@@ -29,8 +29,15 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 from glyphgen.config import require
 from glyphgen.data.fonts import FontConfig, FontInfo, discover_fonts, fonts_covering
 from glyphgen.data.images import load_image, to_png_bytes
-from glyphgen.data.real import RESOLUTIONS, ocr_and_fit, read_samples, save_preview, with_ocr_threads
-from glyphgen.data.shards import BuildReport, Sample, Skipped, build_shards, resolve_workers
+from glyphgen.data.real import ocr_and_fit, read_samples, save_preview, with_ocr_threads
+from glyphgen.data.shards import (
+    BuildReport,
+    Sample,
+    Skipped,
+    build_shards,
+    require_build_settings,
+    resolve_workers,
+)
 from glyphgen.ocr import Ocr, OcrConfig
 
 STYLES = ("caption", "sign", "subtitle", "tweet")
@@ -101,10 +108,8 @@ class DemoRealConfig:
     """Skip (and count) samples whose OCR transcript is empty."""
 
     def __post_init__(self):
-        require(self.resolution in RESOLUTIONS, "resolution", f"must be one of {RESOLUTIONS}")
+        require_build_settings(self.resolution, self.shard_size, self.workers)
         require(self.count >= 1, "count", f"must be >= 1, got {self.count}")
-        require(self.shard_size >= 1, "shard_size", f"must be >= 1, got {self.shard_size}")
-        require(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
         require(self.compose_size == 0 or self.compose_size >= 64, "compose_size", "must be 0 or >= 64")
         lo, hi = self.text_size
         require(0 < lo <= hi <= 0.5, "text_size", f"need 0 < min <= max <= 0.5, got {tuple(self.text_size)}")

@@ -26,10 +26,16 @@ from PIL import Image
 
 from glyphgen.config import require, require_path
 from glyphgen.data.images import DEFAULT_MAX_PIXELS, BadImage, fit_square, load_image, to_png_bytes
-from glyphgen.data.shards import BuildReport, Sample, Skipped, build_shards, resolve_workers
+from glyphgen.data.shards import (
+    BuildReport,
+    Sample,
+    Skipped,
+    build_shards,
+    require_build_settings,
+    resolve_workers,
+)
 from glyphgen.ocr import Ocr, OcrConfig, union
 
-RESOLUTIONS = (32, 64, 128, 256)
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MAX_TRANSCRIPT_BYTES = 1 << 20  # a sidecar bigger than this is not a transcript
 PREVIEW_COUNT = 32
@@ -70,13 +76,7 @@ class RealConfig:
         require(self.images is None or self.manifest is None, "manifest", "give images or manifest, not both")
         require_path(self.images, "images", kind="folder")
         require_path(self.manifest, "manifest", kind="file")
-        require(
-            self.resolution in RESOLUTIONS,
-            "resolution",
-            f"must be one of {RESOLUTIONS}, got {self.resolution}",
-        )
-        require(self.shard_size >= 1, "shard_size", f"must be >= 1, got {self.shard_size}")
-        require(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
+        require_build_settings(self.resolution, self.shard_size, self.workers)
         require(self.max_pixels >= 1, "max_pixels", f"must be >= 1, got {self.max_pixels}")
 
 

@@ -26,8 +26,22 @@ from typing import Any
 
 import webdataset as wds
 
+from glyphgen.config import require
+
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-%06d.tar"
+RESOLUTIONS = (32, 64, 128, 256)
+"""Image sides the shard builders write."""
+
+
+def require_build_settings(resolution: int, shard_size: int, workers: int) -> None:
+    """The checks every shard builder's config makes in its `__post_init__`."""
+    sides = ", ".join(map(str, RESOLUTIONS))
+    require(resolution in RESOLUTIONS, "resolution", f"must be one of {sides}, got {resolution}")
+    require(shard_size >= 1, "shard_size", f"must be >= 1, got {shard_size}")
+    require(workers >= 0, "workers", f"must be >= 0, got {workers}")
+
+
 FORMAT = "glyphgen-shards/1"
 
 

@@ -27,11 +27,10 @@ from PIL import Image, ImageDraw, ImageFont
 from glyphgen.config import require
 from glyphgen.data.fonts import FontConfig, FontInfo, discover_fonts, fonts_covering
 from glyphgen.data.preview import save_grid
-from glyphgen.data.shards import BuildReport, Sample, Skipped, build_shards
+from glyphgen.data.shards import BuildReport, Sample, Skipped, build_shards, require_build_settings
 from glyphgen.data.text_sources import TextConfig, TextSampler
 from glyphgen.text.alphabet import DEFAULT_ALPHABET
 
-RESOLUTIONS = (32, 64, 128, 256)
 ALIGNMENTS = ("left", "center", "right")
 PREVIEW_COUNT = 32
 _ATTEMPTS = 10  # texts drawn per index before it is skipped
@@ -117,14 +116,8 @@ class SyntheticConfig:
     """Characters transcripts may use (must match the tokenizer's alphabet)."""
 
     def __post_init__(self):
-        require(
-            self.resolution in RESOLUTIONS,
-            "resolution",
-            f"must be one of {RESOLUTIONS}, got {self.resolution}",
-        )
+        require_build_settings(self.resolution, self.shard_size, self.workers)
         require(self.count >= 1, "count", f"must be >= 1, got {self.count}")
-        require(self.shard_size >= 1, "shard_size", f"must be >= 1, got {self.shard_size}")
-        require(self.workers >= 0, "workers", f"must be >= 0, got {self.workers}")
 
 
 @lru_cache(maxsize=2048)

@@ -12,7 +12,7 @@ caller's `torch.Generator`, so a seed fixes the sample. Superres sampling is the
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
@@ -100,6 +100,17 @@ def _start(
     return noise.to(device) if noise is not None else randn_from(tuple(shape), generator, device)
 
 
+def _reverse_steps(
+    diffusion: GaussianDiffusion, x: Tensor, progress: Progress | None
+) -> Iterator[tuple[int, Tensor]]:
+    """(i, t as a batch tensor) from i = T-1 down to 0, reporting progress after each step."""
+    total = diffusion.num_steps
+    for done, i in enumerate(reversed(range(total)), start=1):
+        yield i, torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+        if progress is not None:
+            progress(done, total)
+
+
 @torch.no_grad()
 def p_sample_loop(
     model: Model,
@@ -116,15 +127,11 @@ def p_sample_loop(
     """Ancestral DDPM sampling: x_{t-1} ~ p(x_{t-1} | x_t) from t = T-1 down to 0, starting at
     `noise` or at N(0, I) drawn from `generator`. Returns x_0 [B, C, H, W]."""
     x = _start(shape, noise, generator, device)
-    total = diffusion.num_steps
-    for done, i in enumerate(reversed(range(total)), start=1):
-        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+    for i, t in _reverse_steps(diffusion, x, progress):
         out = diffusion.p_mean_variance(model, x, t, model_kwargs, clip_denoised)
         x = out["mean"]
         if i > 0:  # the last step returns the mean
             x = x + (0.5 * out["log_variance"]).exp() * randn_from(x.shape, generator, x.device, x.dtype)
-        if progress is not None:
-            progress(done, total)
     return x
 
 
@@ -146,9 +153,7 @@ def ddim_sample_loop(
     sigma^2) eps_hat + sigma z, with sigma = eta * sqrt((1 - abar_{t-1}) / (1 - abar_t)) *
     sqrt(1 - abar_t / abar_{t-1}); eta = 0 is deterministic given the starting noise."""
     x = _start(shape, noise, generator, device)
-    total = diffusion.num_steps
-    for done, i in enumerate(reversed(range(total)), start=1):
-        t = torch.full((x.shape[0],), i, dtype=torch.long, device=x.device)
+    for i, t in _reverse_steps(diffusion, x, progress):
         out = diffusion.p_mean_variance(model, x, t, model_kwargs, clip_denoised)
         # eps consistent with the (clipped) x0 prediction, as in DDIM's reference implementation.
         eps = diffusion.predict_eps(x, t, out["pred_x0"])
@@ -158,8 +163,6 @@ def ddim_sample_loop(
         x = abar_prev.sqrt() * out["pred_x0"] + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
         if i > 0 and eta > 0:
             x = x + sigma * randn_from(x.shape, generator, x.device, x.dtype)
-        if progress is not None:
-            progress(done, total)
     return x
 
 

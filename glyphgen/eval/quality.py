@@ -99,17 +99,11 @@ def stage_throughput(run_dir: Path) -> dict[str, Any]:
 def train_flops_per_image(stage_config: Path) -> float:
     """Training FLOPs per image of a stage's model: three forward passes' worth (forward + backward),
     counted on the meta device so no memory or time is spent on real tensors."""
-    import torch
-
     from glyphgen.models.info import forward_flops
-    from glyphgen.models.unet import UNet
     from glyphgen.training.config import StageConfig
     from glyphgen.training.core import build_model_config
 
-    cfg = load_config(StageConfig, [stage_config])
-    with torch.device("meta"):
-        model = UNet(build_model_config(cfg))
-    return 3.0 * forward_flops(model)
+    return 3.0 * forward_flops(build_model_config(load_config(StageConfig, [stage_config])))
 
 
 def run_quality(cfg: QualityConfig, command: str | None = None) -> dict[str, Any]:

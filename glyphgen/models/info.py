@@ -30,13 +30,13 @@ def example_inputs(cfg: UNetConfig, batch: int = 1, text_length: int = 64) -> di
     return inputs
 
 
-def forward_flops(model: UNet, text_length: int = 64) -> int:
-    """FLOPs of one forward pass for one image (a multiply-add counts as 2). Counted on a copy of the
-    network on the meta device: no real compute, and attention is counted as the two matmuls it is
-    (the CPU's fused attention kernel is invisible to the FLOP counter)."""
+def forward_flops(cfg: UNetConfig, text_length: int = 64) -> int:
+    """FLOPs of one forward pass for one image (a multiply-add counts as 2). Counted on the meta
+    device: no real compute or memory, and attention is counted as the two matmuls it is (the CPU's
+    fused attention kernel is invisible to the FLOP counter)."""
     with torch.device("meta"):
-        meta = UNet(model.cfg)
-        inputs = example_inputs(model.cfg, 1, text_length)
+        meta = UNet(cfg)
+        inputs = example_inputs(cfg, 1, text_length)
     with torch.no_grad(), FlopCounterMode(display=False) as counter:
         meta(**inputs)
     return counter.get_total_flops()
@@ -46,7 +46,7 @@ def model_info(model: UNet, text_length: int = 64) -> dict:
     return {
         "parameters": count_parameters(model),
         "text_encoder_parameters": count_parameters(model.text_encoder),
-        "forward_gflops_per_image": forward_flops(model, text_length) / 1e9,
+        "forward_gflops_per_image": forward_flops(model.cfg, text_length) / 1e9,
         "resolution": model.cfg.resolution,
         "text_attention": model.cfg.text_attention,
         "text_length": min(text_length, model.cfg.text.max_length),

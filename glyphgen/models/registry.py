@@ -7,6 +7,7 @@ embedding, timestep-aware encoder), so the tiny ones test the same code paths th
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
@@ -37,17 +38,7 @@ def tiny() -> UNetConfig:
 
 def tiny_sr() -> UNetConfig:
     """32 -> 64 px super-resolution: `tiny` with one more outer level."""
-    return UNetConfig(
-        resolution=64,
-        model_channels=32,
-        channel_mult=[1, 1, 2, 2],
-        num_res_blocks=1,
-        attention_resolutions=[16, 8],
-        text_resolutions=[16, 8],
-        head_channels=16,
-        superres=True,
-        text=_tiny_text(),
-    )
+    return dataclasses.replace(tiny(), resolution=64, channel_mult=[1, 1, 2, 2], superres=True)
 
 
 def base64() -> UNetConfig:
