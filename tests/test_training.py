@@ -6,6 +6,7 @@ Lightning trainers and checkpoints. Steps are few; what is checked is behaviour,
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -13,12 +14,14 @@ import textwrap
 
 import pytest
 import torch
+from torch.overrides import TorchFunctionMode
 
 from glyphgen.config import load_config, to_dict
 from glyphgen.data.build import build
+from glyphgen.training.callbacks import read_metric
 from glyphgen.training.checkpoints import AtomicCheckpointIO, ema_state, read_checkpoint
 from glyphgen.training.config import StageConfig
-from glyphgen.training.core import NonFiniteLossError
+from glyphgen.training.core import DiffusionCore, NonFiniteLossError
 from glyphgen.training.pipeline import run_pipeline
 from glyphgen.training.stages import FinetuneReal, PretrainSynthetic, SuperRes
 from glyphgen.training.train import train_stage
@@ -84,6 +87,49 @@ def test_pretrain_stage_writes_its_run_folder(tmp_path, shards):
     assert load_config(StageConfig, [run / "config.yaml"]) == cfg
     ema, live = network(final, "ema."), network(final, "model.")
     assert ema.keys() == live.keys() and any(not torch.equal(ema[k], live[k]) for k in ema)
+
+
+class HostReads(TorchFunctionMode):
+    """Counts the calls that bring a tensor's value to the host: on a GPU each waits for the device."""
+
+    READS = {"item", "tolist", "__bool__", "__int__", "__float__", "__index__"}
+
+    def __init__(self):
+        super().__init__()
+        self.count = 0
+
+    def __torch_function__(self, func, types, args=(), kwargs=None):
+        self.count += getattr(func, "__name__", "") in self.READS
+        return func(*args, **(kwargs or {}))
+
+
+def test_training_step_reads_the_device_once_except_on_logging_steps(tmp_path, shards, monkeypatch):
+    reads, ema_reads = {}, []
+    training_step, update_ema = DiffusionCore.training_step, DiffusionCore.update_ema
+
+    def counted(self, batch, batch_idx):
+        with HostReads() as mode:
+            out = training_step(self, batch, batch_idx)
+        reads[self.global_step] = mode.count
+        return out
+
+    def counted_ema(self):
+        with HostReads() as mode:
+            update_ema(self)
+        ema_reads.append(mode.count)
+
+    monkeypatch.setattr(DiffusionCore, "training_step", counted)
+    monkeypatch.setattr(DiffusionCore, "update_ema", counted_ema)
+    cfg = stage_cfg("pretrain-synthetic", shards, steps=6, **{"trainer.log_every_n_steps": 3})
+    train_stage(cfg, tmp_path / "run")
+    assert ema_reads == [0] * 6
+    assert {s: n for s, n in reads.items() if s not in (2, 5)} == {0: 1, 1: 1, 3: 1, 4: 1}
+    assert reads[2] == reads[5] == 2  # plus the timestep quartiles present in the batch
+    rows = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()
+    header = rows[0].split(",")
+    logged = [dict(zip(header, r.split(","), strict=True)) for r in rows[1:]]
+    quartile_steps = {int(r["step"]) for r in logged if any(r[f"train/loss_q{q}"] for q in range(4))}
+    assert quartile_steps == {2, 5}
 
 
 def test_checkpoint_reader_rejects_foreign_and_truncated_files(tmp_path, shards):
@@ -265,6 +311,43 @@ def test_bf16_mixed_on_cpu(tmp_path, shards):
         stage_cfg("pretrain-synthetic", shards, steps=2, **{"trainer.precision": "bf16-mixed"}), tmp_path
     )
     assert all(torch.isfinite(v).all() for v in ema_state(read_checkpoint(final)).values())
+
+
+def test_channels_last_and_compile_change_speed_not_the_result(tmp_path, shards, monkeypatch):
+    # Dynamo traces the network for real; inductor's code generation (minutes on two cores) is
+    # swapped for the eager backend, which runs the captured graphs as they are.
+    monkeypatch.setattr(torch, "compile", functools.partial(torch.compile, backend="eager"))
+    runs = {
+        name: train_stage(stage_cfg("pretrain-synthetic", shards, steps=3, **extra), tmp_path / name)
+        for name, extra in [
+            ("plain", {}),
+            ("compile", {"trainer.compile": True}),
+            ("cl", {"trainer.channels_last": True}),
+        ]
+    }
+    states = {name: read_checkpoint(final)["state_dict"] for name, final in runs.items()}
+    start = PretrainSynthetic(to_dict(stage_cfg("pretrain-synthetic", shards))).state_dict()
+    # One copy of the network and its EMA, under the same keys either way: checkpoints interchange.
+    assert {k.split(".")[0] for k in start} == {"model", "ema", "ema_updates"}
+    assert all(state.keys() == start.keys() for state in states.values())
+    assert any(not torch.equal(states["plain"][k], start[k]) for k in start)  # training moved the weights
+    assert all(torch.equal(states["compile"][k], v) for k, v in states["plain"].items())
+    # Channels-last convolutions sum in another order: the same losses to float precision (Adam
+    # magnifies such differences in near-zero gradients, so the weights are not compared).
+    losses = {name: read_metric(tmp_path / name / "logs" / "metrics.csv", "train/loss") for name in runs}
+    assert [s for s, _ in losses["cl"]] == [s for s, _ in losses["plain"]] == [0, 1, 2]
+    assert [v for _, v in losses["cl"]] == pytest.approx([v for _, v in losses["plain"]], rel=1e-5)
+
+
+def test_checkpoints_with_the_old_training_alias_still_load(shards):
+    module = PretrainSynthetic(to_dict(stage_cfg("pretrain-synthetic", shards)))
+    state = module.state_dict()
+    old = {
+        "state_dict": {**state, **{f"_net.{k[6:]}": v for k, v in state.items() if k.startswith("model.")}}
+    }
+    module.on_load_checkpoint(old)
+    module.load_state_dict(old["state_dict"])  # strict: nothing unexpected left
+    assert old["state_dict"].keys() == state.keys()
 
 
 class NaNAtFirstBatch(PretrainSynthetic):

@@ -3,7 +3,11 @@ free-guidance text dropout, an EMA of the weights, NaN handling, logging and sam
 
 Per-step randomness (timesteps, noise, text dropout) comes from a generator seeded by (seed, global
 step, rank, batch index), not from global RNG state, so a run resumed from a checkpoint draws the
-same numbers as one that was never interrupted.
+same numbers as one that was never interrupted (on the same kind of device).
+
+The training step reads one value back from the accelerator, the non-finite check, which must be
+decided before the optimizer steps. Everything else stays on the device between logging steps, so
+the host can queue the next kernels while the device works.
 """
 
 from __future__ import annotations
@@ -67,7 +71,8 @@ class DiffusionCore(L.LightningModule):
         self.register_buffer("ema_updates", torch.zeros((), dtype=torch.long))
         self.data_position: tuple[int, int] | None = None
         self._skipped_in_a_row = 0
-        self._net = self.model
+        self._ema_count = 0  # ema_updates mirrored on the host: the decay needs it every step
+        object.__setattr__(self, "_net", self.model)  # the network as training calls it (see configure_model)
         self._loader = None
 
     # -- setup ----------------------------------------------------------------------------------------
@@ -75,8 +80,10 @@ class DiffusionCore(L.LightningModule):
     def configure_model(self) -> None:
         if self.cfg.trainer.channels_last:
             self.model.to(memory_format=torch.channels_last)
-        # A compiled view that is not a registered submodule, so state-dict keys stay unprefixed.
-        self._net = torch.compile(self.model) if self.cfg.trainer.compile else self.model
+        net = torch.compile(self.model) if self.cfg.trainer.compile else self.model
+        # Set past nn.Module's registration: as a submodule this alias would put a second copy of
+        # every weight in the state dict, under keys that differ with and without compile.
+        object.__setattr__(self, "_net", net)
 
     def loader_config(self) -> LoaderConfig:
         return dataclasses.replace(self.cfg.data, resolution=self.model_cfg.resolution)
@@ -101,9 +108,14 @@ class DiffusionCore(L.LightningModule):
 
     # -- training -------------------------------------------------------------------------------------
 
+    def on_train_start(self) -> None:
+        self._ema_count = int(self.ema_updates)  # after any checkpoint restore
+
     def step_generator(self, batch_idx: int) -> torch.Generator:
+        """This step's generator, on the training device: numbers drawn on the host would each cost a
+        blocking copy (and a stream synchronisation) on the way to a GPU."""
         seed = hash((self.cfg.trainer.seed, self.global_step, self.global_rank, batch_idx)) % (2**63)
-        return torch.Generator().manual_seed(seed)
+        return torch.Generator(device=self.device).manual_seed(seed)
 
     def prepare_batch(self, batch: dict, generator: torch.Generator) -> tuple[torch.Tensor, dict]:
         """(x0 in [-1, 1], extra model kwargs) from a loader batch. The base stages use the image as is."""
@@ -128,10 +140,10 @@ class DiffusionCore(L.LightningModule):
         return loss
 
     def _non_finite(self, loss: torch.Tensor, batch_idx: int, batch: dict) -> bool:
-        bad = torch.tensor(float(not torch.isfinite(loss)), device=loss.device)
+        bad = (~torch.isfinite(loss.detach())).float()
         if self._trainer is not None and self.trainer.world_size > 1:
             bad = self.trainer.strategy.reduce(bad, reduce_op="max")  # every rank decides the same
-        if not bad:
+        if not bad.item():  # the step's one read from the device
             self._skipped_in_a_row = 0
             return False
         where = f"step {self.global_step}, batch {batch_idx} (position {batch.get('position')}, texts {batch['text'][:3]})"
@@ -148,14 +160,22 @@ class DiffusionCore(L.LightningModule):
         return True
 
     def _log_terms(self, terms: dict, t: torch.Tensor, loss: torch.Tensor, batch: int) -> None:
+        # Tensors stay on the device; Lightning reads them back only on logging steps.
         self.log("train/loss", loss, prog_bar=True, batch_size=batch)
         self.log("train/mse", terms["mse"].mean(), batch_size=batch)
         self.log("train/vlb", terms["vlb"].mean(), batch_size=batch)
+        if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
+            self._log_quartiles(terms["loss"].detach(), t)
+
+    def _log_quartiles(self, losses: torch.Tensor, t: torch.Tensor) -> None:
+        """The loss per quarter of the timestep range (where the model is learning), from this batch;
+        only on logging steps, since which quarters are present must be read back from the device."""
         quartile = (t * 4) // self.diffusion.num_steps
-        for q in range(4):
-            chosen = quartile == q
-            if chosen.any():
-                self.log(f"train/loss_q{q}", terms["loss"][chosen].mean(), batch_size=int(chosen.sum()))
+        sums = torch.zeros(4, device=losses.device).index_add_(0, quartile, losses.float())
+        counts = torch.bincount(quartile, minlength=4)
+        for q, n in enumerate(counts.tolist()):
+            if n:
+                self.log(f"train/loss_q{q}", sums[q] / n, batch_size=n)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         # The EMA follows every optimizer step here, before any callback (ModelCheckpoint) saves it.
@@ -164,13 +184,14 @@ class DiffusionCore(L.LightningModule):
 
     @torch.no_grad()
     def update_ema(self) -> None:
-        n = int(self.ema_updates)
+        n = self._ema_count
         decay = min(self.cfg.optim.ema_decay, (1 + n) / (10 + n))
         ema, live = list(self.ema.parameters()), list(self.model.parameters())
         torch._foreach_lerp_(ema, live, 1 - decay)
         for b_ema, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
             b_ema.copy_(b)
         self.ema_updates += 1
+        self._ema_count += 1
 
     # -- checkpoints ----------------------------------------------------------------------------------
 
@@ -182,6 +203,10 @@ class DiffusionCore(L.LightningModule):
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
+        # Checkpoints written before the training alias stopped being a submodule carry it twice.
+        state = checkpoint.get("state_dict", {})
+        for key in [k for k in state if k.startswith("_net.")]:
+            del state[key]
         position = checkpoint.get("glyphgen", {}).get("data_position")
         self.data_position = tuple(position) if position is not None else None
 

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import lightning as L
 import torch
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
@@ -58,6 +58,8 @@ def build_trainer(cfg: StageConfig, run_dir: Path, module: DiffusionCore) -> L.T
             auto_insert_metric_name=False,
         ),
         preemption,
+        # Refreshing the bar reads the loss back from the device: only as often as the logs do.
+        TQDMProgressBar(refresh_rate=t.log_every_n_steps),
         SampleGrid(run_dir / "samples", cfg.sample.every_n_steps, cfg.sample.prompts, cfg.sample.ocr),
         LossCurve(run_dir / "logs" / "metrics.csv", run_dir / "loss.png"),
         StageComplete(
