@@ -15,8 +15,8 @@ from glyphgen.data.demo import (
     DemoRealConfig,
     StyleWeights,
     build_demo_real_shards,
-    phrase_bank,
 )
+from glyphgen.data.demo_text import phrase_bank
 from glyphgen.data.fonts import discover_fonts
 from glyphgen.data.real import read_samples
 from glyphgen.data.shards import read_manifest
@@ -67,7 +67,7 @@ def test_phrase_bank_is_fixed_printable_text():
 
 
 def test_phrase_bank_never_uses_a_held_out_evaluation_word(monkeypatch, tmp_path):
-    from glyphgen.data import demo
+    from glyphgen.data import demo_text as demo
     from glyphgen.data.text_sources import read_word_list
     from glyphgen.eval import prompts
 

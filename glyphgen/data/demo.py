@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import dataclasses
 import random
-import re
 import string
 import sys
 from dataclasses import dataclass, field
@@ -27,6 +26,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from glyphgen.config import require
+from glyphgen.data.demo_text import cased, phrase_bank, short_words
 from glyphgen.data.fonts import FontConfig, FontInfo, discover_fonts, fonts_covering
 from glyphgen.data.images import load_image, to_png_bytes
 from glyphgen.data.real import ocr_and_fit, read_samples, save_preview, with_ocr_threads
@@ -48,8 +48,6 @@ PHOTOS = (
     "ihc.png", "moon.png", "motorcycle_left.png", "motorcycle_right.png", "retina.jpg", "rocket.jpg",
 )  # fmt: skip
 ALPHABET = string.ascii_letters + string.digits + string.punctuation + " "
-_WORD = re.compile(r"[a-z]+('[a-z]+)?")
-_UNWANTED = {"fuck", "fucking", "fucked", "shit", "bitch", "ass", "dick", "damn", "sex", "suicide", "murder"}
 _ATTEMPTS = 8  # phrases tried per sample before it is skipped as unplaceable
 _SPACING = 1.22  # baseline-to-baseline distance as a multiple of the font size
 # Subtitle outline width as a fraction of the font size: thicker outlines fill the gaps between words
@@ -117,65 +115,6 @@ class DemoRealConfig:
     @property
     def side(self) -> int:
         return self.compose_size or max(256, 3 * self.resolution)
-
-
-# -- text -------------------------------------------------------------------------------------------
-
-
-@cache
-def words() -> tuple[str, ...]:
-    """Common English words for the phrases, minus the held-out evaluation words."""
-    from wordfreq import top_n_list
-
-    from glyphgen.data.text_sources import read_word_list
-    from glyphgen.eval.prompts import HELD_OUT_WORDS
-
-    excluded = _UNWANTED | read_word_list(HELD_OUT_WORDS)
-    return tuple(
-        w
-        for w in top_n_list("en", 3000)
-        if _WORD.fullmatch(w) and (len(w) > 1 or w in ("a", "i")) and w not in excluded
-    )
-
-
-@cache
-def _short_words() -> tuple[str, ...]:
-    """Words that make plausible display names ("Grace Field")."""
-    return tuple(w for w in words() if 3 <= len(w) <= 6 and w.isalpha())
-
-
-def _phrase(rng: random.Random, vocab: tuple[str, ...]) -> str:
-    pick = rng.choice
-    if rng.random() < 0.75:
-        return " ".join(pick(vocab) for _ in range(rng.randint(1, 4)))
-    n = rng.randint(2, 99)
-    return pick(
-        (
-            f"{pick(vocab)} {n}",
-            f"${n}.{rng.randint(0, 99):02d}",
-            f"{n}% off",
-            f"{rng.randint(1, 12)}:{pick(('00', '15', '30', '45'))} {pick(('am', 'pm'))}",
-            f"since {rng.randint(1900, 2024)}",
-            f"no. {rng.randint(1, 999)} {pick(vocab)}",
-            f"{pick(vocab)} {pick(vocab)}!",
-            f"{pick(vocab)}, {pick(vocab)}?",
-        )
-    )
-
-
-@cache
-def phrase_bank(size: int = 500) -> tuple[str, ...]:
-    """The built-in phrases: a fixed list (independent of the build seed) of 1-4 common words or
-    numbers, prices, times, years and punctuation."""
-    rng = random.Random("glyphgen-demo-phrases")
-    return tuple(_phrase(rng, words()) for _ in range(size))
-
-
-def _cased(rng: random.Random, text: str, upper: float) -> str:
-    """UPPER with probability `upper`, else lower, Sentence or Title case alike."""
-    if rng.random() < upper:
-        return text.upper()
-    return rng.choice((text, text[:1].upper() + text[1:], text.title()))
 
 
 # -- layout ------------------------------------------------------------------------------------------
@@ -295,7 +234,7 @@ class Composer:
 
     def caption(self, rng: random.Random, text: str):
         s, pad = self.side, round(0.04 * self.side)
-        block = self.text_block(rng, _cased(rng, text, 0.15), s - 2 * pad, 0.4 * s, 2)
+        block = self.text_block(rng, cased(rng, text, 0.15), s - 2 * pad, 0.4 * s, 2)
         if block is None:
             return None
         bar_h = block.height + 2 * pad
@@ -312,7 +251,7 @@ class Composer:
 
     def sign(self, rng: random.Random, text: str):
         s = self.side
-        block = self.text_block(rng, _cased(rng, text, 0.6), 0.8 * s, 0.6 * s, 3)
+        block = self.text_block(rng, cased(rng, text, 0.6), 0.8 * s, 0.6 * s, 3)
         if block is None:
             return None
         plate, ink = rng.choice(
@@ -334,7 +273,7 @@ class Composer:
 
     def subtitle(self, rng: random.Random, text: str):
         s = self.side
-        block = self.text_block(rng, _cased(rng, text, 0.1), 0.9 * s, 0.4 * s, 2)
+        block = self.text_block(rng, cased(rng, text, 0.1), 0.9 * s, 0.4 * s, 2)
         if block is None:
             return None
         img = photo(rng, s, s)
@@ -349,7 +288,7 @@ class Composer:
         s, pad = self.side, round(0.05 * self.side)
         dark = rng.random() < 0.3
         paper, ink = ((21, 32, 43), (240, 240, 240)) if dark else ((255, 255, 255), (15, 20, 25))
-        names = _short_words()
+        names = short_words()
         small = (self.sizes[0], round(1.15 * self.sizes[0]))
         avatar = round(1.3 * small[1])
         name = f"{rng.choice(names).title()} {rng.choice(names).title()}"
@@ -357,7 +296,7 @@ class Composer:
         if head is None:  # two names do not fit beside the avatar: one does
             name = name.split()[0]
             head = self.text_block(rng, name, s - 2.5 * pad - avatar, 0.2 * s, 1, small)
-        body = self.text_block(rng, _cased(rng, text, 0.05), s - 2 * pad, 0.45 * s, 3)
+        body = self.text_block(rng, cased(rng, text, 0.05), s - 2 * pad, 0.45 * s, 3)
         if head is None or body is None:
             return None
         img = Image.new("RGB", (s, s), paper)
