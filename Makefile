@@ -62,14 +62,14 @@ quality-gpu: $(STAMP)
 
 quality-cpu: $(STAMP)
 	$(GLYPHGEN) quality --pipeline pipelines/quality-cpu.yaml --budget $(or $(BUDGET),2m) $(if $(NAME),--name $(NAME)) \
-		--max-prompts 8 --n 1 --steps 25 --batch-size 8 --device cpu $(ARGS)
+		--max-prompts 8 --n 1 --steps ddim25 --batch-size 8 --device cpu $(ARGS)
 
 # Does the text conditioning learn? The tiny model on 12 short words for 15 CPU minutes, scored by
 # OCR on those words (BENCHMARKS.md "Learning check"). GLIDE: make learn-cpu NAME=learn-cpu-glide
 # ARGS="model.text_attention=glide"
 learn-cpu: $(STAMP)
 	$(GLYPHGEN) quality --pipeline pipelines/learn-cpu.yaml --budget $(or $(BUDGET),15m) $(if $(NAME),--name $(NAME)) \
-		--prompts configs/prompts/learn-words.txt --n 4 --steps 25 --batch-size 40 --device cpu $(ARGS)
+		--prompts configs/prompts/learn-words.txt --n 4 --steps ddim25 --batch-size 40 --device cpu $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(if $(DEVICE),--device $(DEVICE)) $(BENCH_ARGS)

@@ -169,13 +169,14 @@ def test_space_timesteps_counts():
     kept = space_timesteps(1000, "10,5")
     assert len(kept) == 15
     assert all(s < 500 for s in kept[:10]) and all(s >= 500 for s in kept[10:])
-    assert space_timesteps(1000, "ddim50") == list(range(0, 1000, 20))
+    assert space_timesteps(1000, "ddim50") == list(range(19, 1000, 20))
+    assert space_timesteps(1000, "ddim3") == [332, 666, 999]  # a fractional stride, rounded
     assert space_timesteps(1000, "1") == [999]
     assert space_timesteps(1000, "1000") == list(range(1000))
     assert len(space_timesteps(1000, "90,60,60,20,20")) == 250
 
 
-@pytest.mark.parametrize("spec", ["", "abc", "0", "1001", "10,600", "-5", "ddim", "ddimx", "ddim0", "5,,5"])
+@pytest.mark.parametrize("spec", ["", "abc", "0", "1001", "10,600", "-5", "ddim", "ddimx", "ddim0", "ddim1", "5,,5"])
 def test_space_timesteps_bad_spec(spec):
     with pytest.raises(ValueError) as err:
         space_timesteps(1000, spec)
@@ -306,7 +307,7 @@ def test_sample_t_and_augment_low_res():
 # --- samplers -------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp2m"])
 @pytest.mark.parametrize("steps", ["1", "50"])
 def test_samplers_run(sampler, steps):
     torch.manual_seed(0)
@@ -328,7 +329,7 @@ def test_samplers_run(sampler, steps):
     assert ticks == [(i, n) for i in range(1, n + 1)]
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp2m"])
 def test_sampling_is_deterministic_per_seed(sampler):
     torch.manual_seed(0)
     net = TinyNet()
@@ -340,7 +341,7 @@ def test_sampling_is_deterministic_per_seed(sampler):
     assert torch.equal(a, b) and not torch.allclose(a, c)
 
 
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim"])
+@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp2m"])
 def test_oracle_model_samples_its_point_mass(sampler):
     """For data that is a single image x*, the ideal eps is (x_t - sqrt(abar_t) x*) / sqrt(1 - abar_t)
     with abar at the ORIGINAL timestep: a respaced sampler must land on x* exactly."""

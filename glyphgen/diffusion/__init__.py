@@ -1,4 +1,5 @@
-"""Pixel-space Gaussian diffusion: schedules, respacing, the hybrid loss, guidance and samplers."""
+"""Pixel-space Gaussian diffusion: schedules, parameterizations, respacing, the hybrid loss, guidance
+and samplers."""
 
 from __future__ import annotations
 
@@ -12,9 +13,17 @@ from glyphgen.diffusion.gaussian import (
     normal_kl,
     randn_from,
 )
+from glyphgen.diffusion.parameterization import (
+    PARAMETERIZATIONS,
+    WEIGHTINGS,
+    Parameterization,
+    dynamic_threshold,
+)
 from glyphgen.diffusion.sampling import (
+    SAMPLE_LOOPS,
     Progress,
     ddim_sample_loop,
+    dpm_solver_pp_2m_loop,
     drop_text,
     guided,
     null_text_like,
@@ -29,10 +38,18 @@ from glyphgen.diffusion.schedule import (
     cosine_betas,
     linear_betas,
     make_betas,
+    rescale_zero_terminal_snr,
     space_timesteps,
 )
 
 __all__ = [
+    "PARAMETERIZATIONS",
+    "SAMPLE_LOOPS",
+    "WEIGHTINGS",
+    "Parameterization",
+    "dpm_solver_pp_2m_loop",
+    "dynamic_threshold",
+    "rescale_zero_terminal_snr",
     "SAMPLERS",
     "SCHEDULES",
     "DiffusionConfig",

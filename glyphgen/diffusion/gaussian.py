@@ -1,13 +1,15 @@
-"""Gaussian diffusion with epsilon prediction, learned variance and the hybrid loss (DESIGN 3.4).
+"""Gaussian diffusion with a choice of parameterization, learned variance and the hybrid loss.
 
 Written from the math of improved DDPM (Nichol & Dhariwal 2021):
 - forward process q(x_t | x_0) = N(sqrt(abar_t) x_0, (1 - abar_t) I);
 - posterior q(x_{t-1} | x_t, x_0) = N(c0_t x_0 + ct_t x_t, beta~_t I) with
   beta~_t = beta_t (1 - abar_{t-1}) / (1 - abar_t);
-- the model outputs eps and, with `learn_sigma`, v in [-1, 1] that interpolates the log-variance
-  between log beta~_t (v = -1) and log beta_t (v = 1);
-- hybrid loss: MSE(eps) + lambda * L_vlb, where the VLB sees a detached mean, so it only trains the
-  variance. L_vlb sums T per-step terms; the per-sample estimate of one term is scaled by T.
+- the model outputs its parameterization's prediction (eps, v or x0: see parameterization.py) and,
+  with `learn_sigma`, a value in [-1, 1] that interpolates the log-variance between log beta~_t (-1)
+  and log beta_t (1);
+- hybrid loss: the (optionally min-SNR weighted) MSE of the prediction + lambda * L_vlb, where the VLB
+  sees a detached mean, so it only trains the variance. L_vlb sums T per-step terms; the per-sample
+  estimate of one term is scaled by T.
 
 The network is any callable `model(x_t, t, **model_kwargs) -> [B, 2C or C, H, W]`; `t` holds the
 timestep indices of the trained (un-respaced) diffusion. This module never looks inside
@@ -23,6 +25,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from glyphgen.diffusion.parameterization import Parameterization, dynamic_threshold
 from glyphgen.diffusion.schedule import DiffusionConfig, make_betas, space_timesteps
 
 Model = Callable[..., Tensor]
@@ -63,12 +66,18 @@ class GaussianDiffusion:
         learn_sigma: bool = True,
         vlb_weight: float = 0.001,
         timestep_map: Tensor | None = None,
+        parameterization: str = "eps",
+        loss_weighting: str = "uniform",
+        min_snr_gamma: float = 5.0,
     ):
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
             raise ValueError("betas must be a 1-D tensor with values in (0, 1]")
         self.learn_sigma = learn_sigma
         self.vlb_weight = vlb_weight
+        self.parameterization = Parameterization(parameterization)
+        self.loss_weighting = loss_weighting
+        self.min_snr_gamma = min_snr_gamma
         self.num_steps = len(betas)
         self.timestep_map = torch.arange(self.num_steps) if timestep_map is None else timestep_map.long()
 
@@ -89,6 +98,7 @@ class GaussianDiffusion:
             "sqrt_one_minus_alphas_cumprod": (1 - abar).sqrt(),
             "sqrt_recip_alphas_cumprod": (1 / abar).sqrt(),
             "sqrt_recipm1_alphas_cumprod": (1 / abar - 1).sqrt(),
+            "snr": abar / (1 - abar),
             "posterior_variance": posterior_variance,
             "posterior_log_variance_clipped": variance_floor.log(),
             "posterior_mean_coef_x0": betas * abar_prev.sqrt() / (1 - abar),
@@ -146,24 +156,20 @@ class GaussianDiffusion:
         )
         return mean, self.at("posterior_variance", t, x_t), self.at("posterior_log_variance_clipped", t, x_t)
 
-    def predict_x0(self, x_t: Tensor, t: Tensor, eps: Tensor) -> Tensor:
-        """x_0 implied by x_t and eps: (x_t - sqrt(1 - abar_t) eps) / sqrt(abar_t)."""
-        return (
-            self.at("sqrt_recip_alphas_cumprod", t, x_t) * x_t
-            - self.at("sqrt_recipm1_alphas_cumprod", t, x_t) * eps
-        )
-
     def predict_eps(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
-        """eps implied by x_t and x_0 (inverse of `predict_x0`)."""
-        return (self.at("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self.at(
+        """eps implied by x_t and x_0. Where alpha_bar is 0 (a zero-terminal-SNR schedule's last
+        step) x_t is the noise itself."""
+        eps = (self.at("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self.at(
             "sqrt_recipm1_alphas_cumprod", t, x_t
         )
+        return torch.where(self.at("alphas_cumprod", t, x_t) == 0, x_t, eps)
 
     def p_from_output(
-        self, output: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True
+        self, output: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True, threshold: float = 0.0
     ) -> dict[str, Tensor]:
         """p(x_{t-1} | x_t) from a raw model output: "mean", "variance", "log_variance", "pred_x0"
-        and "eps". `clip_denoised` clips the predicted x_0 to the data range [-1, 1]."""
+        and "eps" (unclipped). `clip_denoised` clips the predicted x_0 to the data range: to [-1, 1],
+        or by dynamic thresholding at quantile `threshold` when it is above 0."""
         channels = x_t.shape[1]
         expected = 2 * channels if self.learn_sigma else channels
         if output.shape[1] != expected:
@@ -171,7 +177,7 @@ class GaussianDiffusion:
                 f"model output has {output.shape[1]} channels, expected {expected} "
                 f"(learn_sigma={self.learn_sigma}, {channels} image channels)"
             )
-        eps = output[:, :channels]
+        prediction = output[:, :channels]
         if self.learn_sigma:
             frac = (output[:, channels:] + 1) / 2
             log_variance = frac * self.at("log_betas", t, x_t) + (1 - frac) * self.at(
@@ -179,9 +185,10 @@ class GaussianDiffusion:
             )
         else:
             log_variance = self.at("fixed_log_variance", t, x_t).expand_as(x_t)
-        pred_x0 = self.predict_x0(x_t, t, eps)
+        pred_x0 = self.parameterization.x0(prediction, x_t, t, self)
+        eps = self.parameterization.eps(prediction, x_t, t, self)
         if clip_denoised:
-            pred_x0 = pred_x0.clamp(-1, 1)
+            pred_x0 = dynamic_threshold(pred_x0, threshold)
         mean, _, _ = self.q_posterior_mean_variance(pred_x0, x_t, t)
         return {
             "mean": mean,
@@ -198,10 +205,11 @@ class GaussianDiffusion:
         t: Tensor,
         model_kwargs: dict[str, Any] | None = None,
         clip_denoised: bool = True,
+        threshold: float = 0.0,
     ) -> dict[str, Tensor]:
         """Run the model at this diffusion's step `t` and return `p_from_output`'s dict."""
         output = model(x_t, self.model_timesteps(t), **(model_kwargs or {}))
-        return self.p_from_output(output, x_t, t, clip_denoised)
+        return self.p_from_output(output, x_t, t, clip_denoised, threshold)
 
     def vlb_terms(self, output: Tensor, x0: Tensor, x_t: Tensor, t: Tensor) -> Tensor:
         """Per-sample VLB term L_t in bits per dimension: KL(q(x_{t-1}|x_t,x_0) || p(x_{t-1}|x_t)) for
@@ -220,21 +228,27 @@ class GaussianDiffusion:
         model_kwargs: dict[str, Any] | None = None,
         noise: Tensor | None = None,
     ) -> dict[str, Tensor]:
-        """Per-sample hybrid loss terms [B]: "mse" (on eps), "vlb" (L_t in bits/dim, from the variance
-        only) and "loss" = mse + vlb_weight * num_steps * vlb (mse alone without learn_sigma, where
-        "vlb" is still reported, without gradient). Average "loss" to get the training objective."""
+        """Per-sample hybrid loss terms [B]: "mse" (of the parameterization's target, unweighted),
+        "vlb" (L_t in bits/dim, from the variance only) and "loss" = weight * mse + vlb_weight *
+        num_steps * vlb (the weighted mse alone without learn_sigma, where "vlb" is still reported,
+        without gradient). Average "loss" to get the training objective."""
         noise = torch.randn_like(x0) if noise is None else noise
         x_t = self.q_sample(x0, t, noise)
         output = model(x_t, self.model_timesteps(t), **(model_kwargs or {}))
         channels = x0.shape[1]
-        mse = mean_flat((output[:, :channels] - noise) ** 2)
+        target = self.parameterization.target(x0, noise, t, self)
+        mse = mean_flat((output[:, :channels] - target) ** 2)
+        weighted = mse
+        if self.loss_weighting != "uniform":
+            snr = self.at("snr", t, mse)
+            weighted = mse * self.parameterization.loss_weight(snr, self.loss_weighting, self.min_snr_gamma)
         # The VLB must not move the mean (the MSE does that better): only the variance gets its gradient.
         frozen = torch.cat([output[:, :channels].detach(), output[:, channels:]], dim=1)
         vlb = self.vlb_terms(frozen, x0, x_t, t)
         if self.learn_sigma:
-            loss = mse + self.vlb_weight * self.num_steps * vlb
+            loss = weighted + self.vlb_weight * self.num_steps * vlb
         else:
-            vlb, loss = vlb.detach(), mse
+            vlb, loss = vlb.detach(), weighted
         return {"loss": loss, "mse": mse, "vlb": vlb}
 
     def respace(self, spec: str) -> GaussianDiffusion:
@@ -249,6 +263,9 @@ class GaussianDiffusion:
             learn_sigma=self.learn_sigma,
             vlb_weight=self.vlb_weight,
             timestep_map=self.timestep_map[kept],
+            parameterization=self.parameterization.name,
+            loss_weighting=self.loss_weighting,
+            min_snr_gamma=self.min_snr_gamma,
         )
 
 
@@ -293,6 +310,11 @@ def create_diffusion(cfg: DiffusionConfig, steps_spec: str | None = None) -> Gau
     """The diffusion `cfg` describes; respaced by `steps_spec` ("50", "ddim25", ...) when given,
     else the full `cfg.steps` diffusion used for training."""
     diffusion = GaussianDiffusion(
-        make_betas(cfg.schedule, cfg.steps), learn_sigma=cfg.learn_sigma, vlb_weight=cfg.vlb_weight
+        make_betas(cfg.schedule, cfg.steps, cfg.zero_terminal_snr),
+        learn_sigma=cfg.learn_sigma,
+        vlb_weight=cfg.vlb_weight,
+        parameterization=cfg.parameterization,
+        loss_weighting=cfg.loss_weighting,
+        min_snr_gamma=cfg.min_snr_gamma,
     )
     return diffusion if steps_spec is None else diffusion.respace(steps_spec)

@@ -15,9 +15,10 @@ from dataclasses import dataclass
 import torch
 
 from glyphgen.config import require
+from glyphgen.diffusion.parameterization import PARAMETERIZATIONS, WEIGHTINGS
 
 SCHEDULES = ("cosine", "linear")
-SAMPLERS = ("ddpm", "ddim")
+SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
 
 
 def cosine_betas(steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
@@ -33,23 +34,39 @@ def linear_betas(steps: int) -> torch.Tensor:
     return torch.linspace(scale * 1e-4, scale * 0.02, steps, dtype=torch.float64)
 
 
-def make_betas(schedule: str, steps: int) -> torch.Tensor:
-    """Betas for a schedule named in `SCHEDULES`."""
+def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
+    """Lin et al. 2024: shift and scale sqrt(alpha_bar) so the last step is pure noise (alpha_bar = 0,
+    beta = 1) while the first step keeps its value. The linear schedule ends at alpha_bar ~ 4e-5, so
+    training never sees the pure noise that sampling starts from; this closes that gap. Only a
+    parameterization that stays finite at alpha_bar = 0 (v or x0) can be trained on it."""
+    root = torch.cumprod(1 - betas, 0).sqrt()
+    first, last = root[0].clone(), root[-1].clone()
+    root = (root - last) * first / (first - last)
+    alpha_bar = root**2
+    alphas = torch.cat([alpha_bar[:1], alpha_bar[1:] / alpha_bar[:-1]])
+    return 1 - alphas
+
+
+def make_betas(schedule: str, steps: int, zero_terminal_snr: bool = False) -> torch.Tensor:
+    """Betas for a schedule named in `SCHEDULES`, optionally rescaled to a zero terminal SNR."""
     if schedule == "cosine":
-        return cosine_betas(steps)
-    if schedule == "linear":
-        return linear_betas(steps)
-    raise ValueError(f"unknown noise schedule {schedule!r} (expected one of {', '.join(SCHEDULES)})")
+        betas = cosine_betas(steps)
+    elif schedule == "linear":
+        betas = linear_betas(steps)
+    else:
+        raise ValueError(f"unknown noise schedule {schedule!r} (expected one of {', '.join(SCHEDULES)})")
+    return rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas
 
 
 def space_timesteps(num_steps: int, spec: str) -> list[int]:
     """The timesteps of a `num_steps` diffusion to keep when sampling, sorted ascending.
 
-    `spec` is either "ddimN" (every k-th step from 0, for the k that gives exactly N steps, as in the
-    DDIM paper) or comma-separated counts: the steps are cut into that many equal sections and each
+    `spec` is either "ddimN" (N >= 2 evenly spaced steps, the last being num_steps - 1, at a
+    possibly fractional stride num_steps / N, rounded) or comma-separated counts: the steps are cut into that many equal sections and each
     section keeps its count of evenly spaced steps, both ends included ("50" keeps 0, ..., 999;
     "90,60,60,20,20" spends more steps at low noise). A section keeping a single step keeps its last
-    (noisiest) one, so a 1-step sampler starts from pure noise. Bad specs raise a one-line ValueError.
+    (noisiest) one. Every spec keeps step num_steps - 1, so every sampler starts from the noise level
+    that training ends at. Bad specs raise a one-line ValueError.
     """
 
     def bad(reason: str) -> ValueError:
@@ -61,12 +78,10 @@ def space_timesteps(num_steps: int, spec: str) -> list[int]:
             count = int(spec[len("ddim") :])
         except ValueError:
             raise bad("expected ddimN with an integer N") from None
-        if not 1 <= count <= num_steps:
-            raise bad(f"N must be between 1 and {num_steps}")
-        for stride in range(1, num_steps + 1):
-            if len(range(0, num_steps, stride)) == count:
-                return list(range(0, num_steps, stride))
-        raise bad(f"no integer stride gives exactly {count} steps")
+        if not 2 <= count <= num_steps:
+            raise bad(f"N must be between 2 and {num_steps}")
+        # N evenly spaced steps ending at the last one, so sampling starts from pure noise.
+        return sorted({round((j + 1) * num_steps / count) - 1 for j in range(count)})
 
     try:
         counts = [int(part) for part in spec.split(",")]
@@ -96,6 +111,16 @@ class DiffusionConfig:
     """Diffusion steps T the model is trained on."""
     schedule: str = "cosine"
     """Noise schedule: "cosine" (improved DDPM) or "linear" (DDPM, rescaled to `steps`)."""
+    zero_terminal_snr: bool = False
+    """Rescale the schedule so its last step is pure noise (Lin et al. 2024); needs parameterization
+    v or x0. Most useful with the linear schedule, whose last step keeps some signal."""
+    parameterization: str = "eps"
+    """What the network predicts: "eps" (the noise), "v" (Salimans & Ho 2022) or "x0" (the image)."""
+    loss_weighting: str = "uniform"
+    """Per-timestep weight of the MSE: "uniform" in the target's own space, or "min_snr" (Hang et al.
+    2023: x0-space weight min(SNR, gamma), expressed for the parameterization's target)."""
+    min_snr_gamma: float = 5.0
+    """Gamma of min-SNR weighting: the SNR above which steps stop gaining weight."""
     learn_sigma: bool = True
     """The model also outputs a variance interpolation (2*C output channels) trained by the VLB."""
     vlb_weight: float = 0.001
@@ -105,9 +130,15 @@ class DiffusionConfig:
     sample_steps: str = "50"
     """Default timestep respacing for sampling: "250", "50", section counts "90,60,60,20,20", "ddim50"."""
     sampler: str = "ddim"
-    """Default sampler: "ddpm" (ancestral) or "ddim"."""
+    """Default sampler: "ddpm" (ancestral), "ddim" or "dpmpp2m" (DPM-Solver++(2M), Lu et al. 2022)."""
     guidance: float = 3.0
     """Default classifier-free guidance scale: eps_c + scale * (eps_c - eps_null); 0 = no guidance."""
+    guidance_rescale: float = 0.0
+    """CFG rescale phi (Lin et al. 2024): blend the guided output with itself rescaled to the
+    conditional output's per-sample std; 0 is plain guidance, 0.7 the paper's value."""
+    threshold: float = 0.0
+    """Predicted-x0 clipping: 0 clips to [-1, 1]; a quantile in (0, 1) such as 0.995 is Imagen's
+    dynamic thresholding (per sample, clip at that quantile of |x0| if above 1, then rescale)."""
     ddim_eta: float = 0.0
     """DDIM stochasticity: 0 is deterministic given the starting noise, 1 matches DDPM's variance."""
     noise_aug_max: float = 0.0
@@ -121,6 +152,22 @@ class DiffusionConfig:
             "schedule",
             f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}",
         )
+        require(
+            self.parameterization in PARAMETERIZATIONS,
+            "parameterization",
+            f"must be one of {', '.join(PARAMETERIZATIONS)}, got {self.parameterization!r}",
+        )
+        require(
+            not (self.zero_terminal_snr and self.parameterization == "eps"),
+            "zero_terminal_snr",
+            "needs parameterization v or x0 (eps cannot give x0 where the signal is zero)",
+        )
+        require(
+            self.loss_weighting in WEIGHTINGS,
+            "loss_weighting",
+            f"must be one of {', '.join(WEIGHTINGS)}, got {self.loss_weighting!r}",
+        )
+        require(self.min_snr_gamma > 0, "min_snr_gamma", f"must be > 0, got {self.min_snr_gamma}")
         require(self.vlb_weight >= 0, "vlb_weight", f"must be >= 0, got {self.vlb_weight}")
         require(0 <= self.p_uncond <= 1, "p_uncond", f"must be in [0, 1], got {self.p_uncond}")
         try:
@@ -133,6 +180,12 @@ class DiffusionConfig:
             f"must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}",
         )
         require(self.guidance >= 0, "guidance", f"must be >= 0, got {self.guidance}")
+        require(
+            0 <= self.guidance_rescale <= 1,
+            "guidance_rescale",
+            f"must be in [0, 1], got {self.guidance_rescale}",
+        )
+        require(0 <= self.threshold < 1, "threshold", f"must be in [0, 1), got {self.threshold}")
         require(self.ddim_eta >= 0, "ddim_eta", f"must be >= 0, got {self.ddim_eta}")
         require(
             0 <= self.noise_aug_max <= 1,

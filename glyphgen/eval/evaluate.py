@@ -17,7 +17,7 @@ from typing import Any
 from PIL import Image
 
 from glyphgen.data.preview import save_grid
-from glyphgen.eval.metrics import ocr_metrics, sample_scores
+from glyphgen.eval.metrics import channel_spread, ocr_metrics, sample_scores
 
 Generate = Callable[[list[str], int], list[Image.Image]]
 """generate(prompts, n) -> n images per prompt, prompt by prompt."""
@@ -26,8 +26,8 @@ Generate = Callable[[list[str], int], list[Image.Image]]
 @dataclass
 class EvalReport:
     metrics: dict[str, float]
-    """Corpus metrics (see `ocr_metrics`) plus `images_per_second` (sampling) and
-    `ocr_seconds_per_image`."""
+    """Corpus metrics (see `ocr_metrics`) plus `images_per_second` (sampling),
+    `ocr_seconds_per_image` and `channel_spread` (colour cast, see `channel_spread`)."""
     samples: list[dict[str, Any]]
     """Per image: prompt, sample index, OCR reading, cer, similarity, exact."""
     settings: dict[str, Any] = field(default_factory=dict)
@@ -43,7 +43,8 @@ class EvalReport:
         return (
             f"{len(self.samples)} images: CER {m['cer']:.3f}, normalised edit distance "
             f"{m['normalized_edit_distance']:.3f}, exact transcript {m['exact_transcript']:.3f}, "
-            f"exact line {m['exact_line']:.3f}, trigram similarity {m['trigram_similarity']:.3f}; "
+            f"exact line {m['exact_line']:.3f}, trigram similarity {m['trigram_similarity']:.3f}, "
+            f"channel spread {m['channel_spread']:.3f}; "
             f"{m['images_per_second']:.2f} images/s sampling, {m['ocr_seconds_per_image']:.3f} s/image OCR"
         )
 
@@ -92,6 +93,7 @@ def evaluate(
     metrics = ocr_metrics(readings, targets)
     metrics["images_per_second"] = len(images) / max(sampling, 1e-9)
     metrics["ocr_seconds_per_image"] = sum(r.seconds for r in results) / len(results)
+    metrics["channel_spread"] = channel_spread(images)
     samples = [
         {"prompt": t, "sample": i % n, "reading": r, **scores}
         for i, (t, r, scores) in enumerate(

@@ -13,6 +13,9 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Sequence
 
+import numpy as np
+from PIL import Image
+
 
 def normalize_text(text: str) -> str:
     """Each line's whitespace collapsed to single spaces and stripped; empty lines dropped."""
@@ -85,3 +88,13 @@ def sample_scores(predictions: Sequence[str], targets: Sequence[str]) -> list[di
         {"cer": d / max(len(t), 1), "similarity": trigram_similarity(p, t), "exact": p == t}
         for p, t, d in zip(preds, wanted, distances, strict=True)
     ]
+
+
+def channel_spread(images: Sequence[Image.Image]) -> float:
+    """Mean over images and pixels of (largest - smallest channel value), on [0, 1]: 0 for grey
+    images, so it measures the colour cast of a model trained on grey data."""
+    spreads = []
+    for image in images:
+        rgb = np.asarray(image.convert("RGB"), dtype=np.float64) / 255
+        spreads.append(float((rgb.max(axis=2) - rgb.min(axis=2)).mean()))
+    return sum(spreads) / len(spreads)

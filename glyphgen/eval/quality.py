@@ -209,13 +209,13 @@ def markdown(result: dict[str, Any]) -> str:
         "",
         f"Sampling: {json.dumps(result['sampling'])}",
         "",
-        "| prompt set | images | CER | exact transcript | exact line | trigram similarity | grid |",
-        "|---|---:|---:|---:|---:|---:|---|",
+        "| prompt set | images | CER | exact transcript | exact line | trigram similarity | channel spread | grid |",
+        "|---|---:|---:|---:|---:|---:|---:|---|",
     ]
     for name, e in result["evaluations"].items():
         m = e["metrics"]
         lines.append(
             f"| {name} | {e['images']} | {m['cer']:.3f} | {m['exact_transcript']:.3f} | "
-            f"{m['exact_line']:.3f} | {m['trigram_similarity']:.3f} | {e['grid']} |"
+            f"{m['exact_line']:.3f} | {m['trigram_similarity']:.3f} | {m['channel_spread']:.3f} | {e['grid']} |"
         )
     return "\n".join(lines) + "\n"

@@ -137,6 +137,8 @@ def generate(
                 (len(chunk), cfg.in_channels, cfg.resolution, cfg.resolution),
                 sampler=chosen["sampler"],
                 guidance=chosen["guidance"],
+                guidance_rescale=bundle.config.diffusion.guidance_rescale,
+                threshold=bundle.config.diffusion.threshold,
                 model_kwargs=kwargs,
                 eta=bundle.config.diffusion.ddim_eta,
                 generator=generator,

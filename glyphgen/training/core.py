@@ -24,6 +24,7 @@ from glyphgen.diffusion import create_diffusion, drop_text, randn_from, sample
 from glyphgen.models.registry import sized_model_config
 from glyphgen.models.unet import UNet, UNetConfig
 from glyphgen.text.tokenizer import CharTokenizer, TokenizerConfig
+from glyphgen.training.checkpoints import ema_state, read_checkpoint
 from glyphgen.training.config import StageConfig
 
 
@@ -210,6 +211,23 @@ class DiffusionCore(L.LightningModule):
         position = checkpoint.get("glyphgen", {}).get("data_position")
         self.data_position = tuple(position) if position is not None else None
 
+    def warm_start_state(self, path: str) -> dict[str, torch.Tensor]:
+        """The EMA weights of the checkpoint this stage starts from. Its network must predict what
+        this stage trains to predict: eps weights read as v (or the reverse) are noise."""
+        ckpt = read_checkpoint(path)
+        stored = ckpt
+        for key in ("hyper_parameters", "config", "diffusion"):
+            stored = stored.get(key) if isinstance(stored, dict) else None
+        # Checkpoints from before the choice existed (no key) were eps.
+        theirs = stored.get("parameterization", "eps") if isinstance(stored, dict) else "eps"
+        ours = self.cfg.diffusion.parameterization
+        if theirs != ours:
+            raise ValueError(
+                f"{path}: its network predicts {theirs} but this stage's diffusion.parameterization is "
+                f"{ours}; set it to {theirs} or train the source stage again"
+            )
+        return ema_state(ckpt)
+
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Warm start (weights only) of both the live and the EMA network from a network state dict."""
         self.model.load_state_dict(state)
@@ -233,6 +251,8 @@ class DiffusionCore(L.LightningModule):
             sampler=s.sampler,
             steps=s.steps,
             guidance=s.guidance,
+            guidance_rescale=self.cfg.diffusion.guidance_rescale,
+            threshold=self.cfg.diffusion.threshold,
             model_kwargs=self.sample_kwargs(texts, batch),
             generator=torch.Generator().manual_seed(seed),
             device=self.device,

@@ -18,7 +18,6 @@ from glyphgen.diffusion import augment_low_res
 from glyphgen.models.registry import SANDWICH
 from glyphgen.models.unet import UNet
 from glyphgen.models.warm_start import WarmStartReport, sandwich_warm_start
-from glyphgen.training.checkpoints import ema_state, read_checkpoint
 from glyphgen.training.core import DiffusionCore, build_model_config, to_unit
 
 
@@ -33,7 +32,7 @@ class FinetuneReal(DiffusionCore):
     """Stage 2: the core, warm-started from the pretrained base."""
 
     def warm_start(self, path: str) -> str:
-        self.load_weights(ema_state(read_checkpoint(path)))
+        self.load_weights(self.warm_start_state(path))
         return f"warm start: loaded all {len(self.model.state_dict())} tensors of {path} (EMA weights)"
 
 
@@ -64,7 +63,7 @@ class SuperRes(DiffusionCore):
             raise ValueError(f"no base size is known for {self.cfg.model_size}: set init_model_size")
         with torch.device("meta"):
             base = UNet(build_model_config(self.cfg, size=base_size))
-        report: WarmStartReport = sandwich_warm_start(self.model, ema_state(read_checkpoint(path)), base)
+        report: WarmStartReport = sandwich_warm_start(self.model, self.warm_start_state(path), base)
         self.ema.load_state_dict(self.model.state_dict())
         return report.summary()
 
