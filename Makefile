@@ -11,7 +11,7 @@ PIPELINE ?= pipelines/tiny.yaml
 GLYPHGEN := $(BIN)/glyphgen
 
 .PHONY: install test lint shards fonts clean pipeline pretrain-synthetic finetune-real superres bench export sample \
-	quality-gpu quality-cpu learn-cpu
+	quality-gpu quality-cpu learn-cpu spell-cpu
 
 install: $(STAMP)
 
@@ -70,6 +70,11 @@ quality-cpu: $(STAMP)
 learn-cpu: $(STAMP)
 	$(GLYPHGEN) quality --pipeline pipelines/learn-cpu.yaml --budget $(or $(BUDGET),15m) $(if $(NAME),--name $(NAME)) \
 		--prompts configs/prompts/learn-words.txt --n 4 --steps ddim25 --batch-size 40 --device cpu $(ARGS)
+
+# Can it spell? Random 2-4 letter strings for 60 CPU minutes, scored on held-out strings.
+spell-cpu: $(STAMP)
+	$(GLYPHGEN) quality --pipeline pipelines/spell-cpu.yaml --budget $(or $(BUDGET),60m) $(if $(NAME),--name $(NAME)) \
+		--prompts configs/prompts/spell-strings.txt --n 2 --steps ddim25 --batch-size 40 --device cpu $(ARGS)
 
 bench: $(STAMP)
 	$(BIN)/python bench/run.py $(if $(DEVICE),--device $(DEVICE)) $(BENCH_ARGS)

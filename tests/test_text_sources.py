@@ -110,3 +110,25 @@ def test_all_zero_weights_is_an_error():
     zero = [f"sources.{s}=0" for s in SOURCES]
     with pytest.raises(ConfigError, match="sources: all source weights are zero"):
         load_config(TextConfig, overrides=zero)
+
+
+def test_the_spelling_check_draws_2_to_4_capitals_and_never_a_held_out_string():
+    """configs/shards/spell32.yaml's text settings: random capitals only, none of the scored strings."""
+    from pathlib import Path
+
+    import yaml
+
+    root = Path(__file__).resolve().parent.parent
+    text = yaml.safe_load((root / "configs/shards/spell32.yaml").read_text())["text"]
+    text["exclude_words_file"] = str(root / text["exclude_words_file"])
+    cfg = load_config(TextConfig, overrides=[], values=text)
+    held_out = {
+        line for line in (root / "configs/prompts/spell-strings.txt").read_text().split() if line.isupper()
+    }
+    texts = draw(TextSampler(cfg, DEFAULT_ALPHABET), 20000)
+    assert all(re.fullmatch(r"[A-Z]{2,4}", t) for t in texts)
+    assert {len(t) for t in texts} == {2, 3, 4}
+    assert not held_out & set(texts)
+    # Without the exclusion, 20000 draws do meet some of the 40 held-out strings (the short ones).
+    cfg.exclude_words_file = None
+    assert held_out & set(draw(TextSampler(cfg, DEFAULT_ALPHABET), 20000))

@@ -70,6 +70,21 @@ class CaseWeights:
 
 
 @dataclass
+class RandomPoolWeights:
+    """Which characters a random string is drawn from, weighted, one pool per string."""
+
+    letters: float = 0.4
+    """Letters only."""
+    alnum: float = 0.3
+    """Letters and digits."""
+    visible: float = 0.3
+    """Every visible character of the alphabet, punctuation included."""
+
+    def __post_init__(self):
+        _check_weights(self)
+
+
+@dataclass
 class TextConfig:
     sources: SourceWeights = field(default_factory=SourceWeights)
     """Relative weight of each text source."""
@@ -77,6 +92,10 @@ class TextConfig:
     """Relative weight of each case variant, drawn per line."""
     max_chars: int = 32
     """Longest line a source may produce, in characters (the renderer may wrap it further)."""
+    random_min_chars: int = 1
+    """Shortest random string (the longest is max_chars, at most 12)."""
+    random_pools: RandomPoolWeights = field(default_factory=RandomPoolWeights)
+    """The character pools of the random strings."""
     max_lines: int = 5
     """Most lines in one transcript before wrapping."""
     vocab_size: int = 20000
@@ -90,6 +109,12 @@ class TextConfig:
         require(sum(vars(self.sources).values()) > 0, "sources", "all source weights are zero")
         require(sum(vars(self.case).values()) > 0, "case", "all case weights are zero")
         require(self.max_chars >= 1, "max_chars", f"must be >= 1, got {self.max_chars}")
+        require(
+            1 <= self.random_min_chars <= min(self.max_chars, _MAX_RANDOM_CHARS),
+            "random_min_chars",
+            f"must be between 1 and {min(self.max_chars, _MAX_RANDOM_CHARS)}, got {self.random_min_chars}",
+        )
+        require(sum(vars(self.random_pools).values()) > 0, "random_pools", "all pool weights are zero")
         require(self.max_lines >= 1, "max_lines", f"must be >= 1, got {self.max_lines}")
         require(self.vocab_size >= 1, "vocab_size", f"must be >= 1, got {self.vocab_size}")
         require_path(self.exclude_words_file, "exclude_words_file")
@@ -209,10 +234,12 @@ class TextSampler:
         return " ".join(words)
 
     def _random_chars(self, rng: random.Random) -> str | None:
-        pool = rng.choices((self.letters, self.alnum, self.visible), (0.4, 0.3, 0.3))[0]
+        pools = self.cfg.random_pools
+        weights = (pools.letters, pools.alnum, pools.visible)
+        pool = rng.choices((self.letters, self.alnum, self.visible), weights)[0]
         if not pool:
             return None
-        n = rng.randint(1, min(_MAX_RANDOM_CHARS, self.cfg.max_chars))
+        n = rng.randint(self.cfg.random_min_chars, min(_MAX_RANDOM_CHARS, self.cfg.max_chars))
         return "".join(rng.choices(pool, k=n))
 
     def _punctuation(self, rng: random.Random) -> str | None:
