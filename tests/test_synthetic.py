@@ -52,6 +52,41 @@ def test_samples_decode_and_all_ink_lies_inside_the_margins(resolution):
         assert all(line and line == line.strip() for line in sample.text.split("\n"))
 
 
+@pytest.mark.parametrize("resolution", [64, 128])
+def test_character_boxes_hold_the_ink_of_their_characters(resolution):
+    r = renderer(resolution=resolution)
+    inside, total = 0, 0
+    for i in range(30):
+        sample = r.render_sample(i)
+        boxes = sample.meta["char_boxes"]
+        assert len(boxes) == len(sample.text)
+        for ch, box in zip(sample.text, boxes, strict=True):
+            assert (box is None) == ch.isspace(), (ch, box)
+        for line_boxes in _split_lines(sample.text, boxes):
+            lefts = [b[0] for b in line_boxes if b is not None]
+            assert lefts == sorted(lefts)  # left to right along the line
+        ink = np.asarray(Image.open(io.BytesIO(sample.png))) != sample.meta["background"]
+        covered = np.zeros_like(ink)
+        for box in filter(None, boxes):
+            x0, y0, x1, y1 = box
+            assert 0 <= x0 < x1 <= resolution and 0 <= y0 < y1 <= resolution
+            covered[y0:y1, x0:x1] = True
+        inside, total = inside + (ink & covered).sum(), total + ink.sum()
+    # Antialiased edges may spill a pixel past a glyph's box; the ink itself lies in the boxes.
+    assert inside / total > 0.99
+
+
+def _split_lines(text: str, boxes: list) -> list[list]:
+    lines, current = [], []
+    for ch, box in zip(text, boxes, strict=True):
+        if ch == "\n":
+            lines.append(current)
+            current = []
+        else:
+            current.append(box)
+    return [*lines, current]
+
+
 def test_transcripts_use_the_alphabet_and_multi_line_samples_occur():
     r = renderer(resolution=64)
     samples = [r.render_sample(i) for i in range(400)]

@@ -222,6 +222,24 @@ class Layout:
     top: int  # top of the block's ink relative to the first baseline
 
 
+def character_boxes(
+    line: str, font: ImageFont.FreeTypeFont, origin: tuple[int, int], side: int
+) -> list[list[int] | None]:
+    """The ink box [x0, y0, x1, y1] (pixels, clipped to the image) of each character of `line` drawn
+    at `origin` (left end of its baseline); None for a character without ink (a space). The renderer
+    knows where every character is: stored with the sample, it can teach attention where to look."""
+    boxes: list[list[int] | None] = []
+    for k, ch in enumerate(line):
+        x0, y0, x1, y1 = font.getbbox(ch, anchor="ls")
+        if ch.isspace() or x1 <= x0 or y1 <= y0:
+            boxes.append(None)
+            continue
+        x = origin[0] + round(font.getlength(line[:k]))  # the pen position, kerning included
+        box = [x + x0, origin[1] + y0, x + x1, origin[1] + y1]
+        boxes.append([min(max(v, 0), side) for v in box])
+    return boxes
+
+
 def _measure(lines: list[str], font: ImageFont.FreeTypeFont, size: int, pitch: int) -> Layout:
     boxes = [tuple(int(v) for v in font.getbbox(line, anchor="ls")) for line in lines]
     width = max(x1 - x0 for x0, _, x1, _ in boxes)
@@ -313,11 +331,13 @@ class SyntheticRenderer:
         top = rng.randint(self.margin, self.margin + self.avail - layout.height)
         image = Image.new("L", (self.res, self.res), background)
         draw = ImageDraw.Draw(image)
+        char_boxes: list[list[int] | None] = []
         for i, (line, (x0, _, x1, _)) in enumerate(zip(layout.lines, layout.boxes, strict=True)):
             slack = layout.width - (x1 - x0)
             dx = {"left": 0, "center": slack // 2, "right": slack}[align]
-            baseline = top - layout.top + i * layout.pitch
-            draw.text((left + dx - x0, baseline), line, fill=foreground, font=layout.font, anchor="ls")
+            origin = (left + dx - x0, top - layout.top + i * layout.pitch)
+            draw.text(origin, line, fill=foreground, font=layout.font, anchor="ls")
+            char_boxes += ([None] if i else []) + character_boxes(line, layout.font, origin, self.res)
         meta = {
             "font": font.name,
             "size": layout.size,
@@ -326,6 +346,7 @@ class SyntheticRenderer:
             "foreground": foreground,
             "source": source,
             "lines": len(layout.lines),
+            "char_boxes": char_boxes,
         }
         return Sample(f"{index:09d}", encode_png(image), "\n".join(layout.lines), meta)
 
