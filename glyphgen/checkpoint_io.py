@@ -1,28 +1,58 @@
-"""Reading glyphgen stage checkpoints safely, without Lightning (export and training both use it).
+"""Reading glyphgen stage checkpoints safely, without Lightning (export, warm starts and resumes all
+use it).
 
-Checkpoints are loaded with `torch.load(weights_only=True)`: hyperparameters are stored as plain
-containers, so no pickle from a checkpoint ever runs code.
+A checkpoint is data, never code: it is read with `torch.load(weights_only=True)`, whose unpickler
+only builds tensors and plain containers (hyperparameters are stored as such). The argument is passed
+explicitly because torch lets `TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1` turn off only a *defaulted*
+weights_only, never an explicit one.
 """
 
 from __future__ import annotations
 
+import pickle
 from pathlib import Path
 
 import torch
 
+# torch's refusal opens with advice to load the file unsafely; the line naming the refused object
+# is the one worth a user's reading.
+_TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
 
-def read_checkpoint(path: str | Path) -> dict:
-    """A glyphgen stage checkpoint as a dict; a one-line error for a missing, truncated or foreign file."""
+
+def load_weights_only(path: str | Path) -> object:
+    """Whatever torch file is at `path`, read by the weights-only unpickler onto the CPU; a one-line
+    error for a missing, truncated, foreign or code-carrying file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: checkpoint not found")
     try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:  # truncated zip, not a torch file, unsafe pickle: all user-facing
-        raise ValueError(f"{path}: not a readable checkpoint ({str(e).splitlines()[0][:200]})") from None
-    if not isinstance(ckpt, dict) or ckpt.get("glyphgen", {}).get("kind") != "stage":
+        raise ValueError(f"{path}: not a readable checkpoint ({_reason(e)})") from None
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """A glyphgen stage checkpoint as a dict; a one-line error for a missing, truncated, foreign or
+    code-carrying file."""
+    path = Path(path)
+    ckpt = load_weights_only(path)
+    meta = ckpt.get("glyphgen") if isinstance(ckpt, dict) else None
+    if not isinstance(meta, dict) or meta.get("kind") != "stage":
         raise ValueError(f"{path}: not a glyphgen training checkpoint (no glyphgen stage metadata)")
+    state = ckpt.get("state_dict")
+    if not isinstance(state, dict) or not all(
+        isinstance(k, str) and isinstance(v, torch.Tensor) for k, v in state.items()
+    ):
+        raise ValueError(f"{path}: not a glyphgen training checkpoint (state_dict is not a dict of tensors)")
     return ckpt
+
+
+def _reason(e: Exception) -> str:
+    lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+    if isinstance(e, pickle.UnpicklingError):
+        told = [line for line in lines if not line.startswith(_TORCH_ADVICE)]
+        return f"refused by the weights-only reader: {(told or lines or ['?'])[0][:200]}"
+    return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
 def ema_state(ckpt: dict) -> dict[str, torch.Tensor]:

@@ -13,6 +13,7 @@ import sys
 from pathlib import Path
 
 from glyphgen.config import ConfigError, load_config
+from glyphgen.diffusion.schedule import SAMPLERS
 
 
 class UserError(Exception):
@@ -76,9 +77,9 @@ def build_parser() -> argparse.ArgumentParser:
     info.add_argument("--text-length", type=int, default=64, help="text tokens in the FLOP count")
     info.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="model config overrides")
 
-    check = verbs.add_parser("check-shards", help="stream a shard folder once and report what it holds")
-    _config_args(check)
+    check = verbs.add_parser("check-shards", help="read every shard once and report what it really holds")
     check.add_argument("shards", help="shard folder or URL pattern")
+    _config_args(check)  # after the folder: `check-shards DIR key=val` gives DIR to `shards`
 
     export = verbs.add_parser(
         "export", help="stage checkpoint -> inference bundle (safetensors + config.yaml)"
@@ -102,6 +103,7 @@ def build_parser() -> argparse.ArgumentParser:
     sample.add_argument("--base", required=True, help="base model bundle folder")
     sample.add_argument("--superres", help="super-resolution bundle folder: upsample the base samples")
     sample.add_argument("--out", required=True, help="PNG path, or folder (see above)")
+    sample.add_argument("--overwrite", action="store_true", help="replace images (and JSON) already there")
     _sampling_args(sample, n=1)
     sample.add_argument("--sr-guidance", type=float, help="superres guidance scale (default: its bundle's)")
     sample.add_argument("--rerank", action="store_true", help="OCR rejection sampling: keep the best of --n")
@@ -151,7 +153,7 @@ def _sampling_args(p: argparse.ArgumentParser, n: int) -> None:
     p.add_argument(
         "--steps", help="sampling steps, e.g. 50, ddim25 or 90,60,60,20,20 (default: the bundle's)"
     )
-    p.add_argument("--sampler", choices=["ddim", "ddpm"], help="default: the bundle's")
+    p.add_argument("--sampler", choices=SAMPLERS, help="default: the bundle's")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the bundle's)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--batch-size", type=int, default=8, help="images sampled at once")
@@ -169,31 +171,29 @@ def cmd_fonts(args) -> None:
     print(format_font_table(discover_fonts(cfg, DEFAULT_ALPHABET), DEFAULT_ALPHABET))
 
 
+def refuse_existing(paths: list[Path], overwrite: bool) -> None:
+    """Before any work: files the command would write must not exist, unless --overwrite."""
+    for path in paths:
+        if path.is_dir() or (path.exists() and not overwrite):
+            what = "is a folder" if path.is_dir() else "exists; pass --overwrite to replace it"
+            raise FileExistsError(f"{path}: {what}")
+
+
 def cmd_make_shards(args) -> None:
     from glyphgen.data.build import build
 
+    refuse_existing([args.preview] if args.preview else [], args.overwrite)
     names = ["out", "resolution", "count", "workers", "seed", "images", "manifest"]
     report = build(args.kind, args.config, args.overrides, _values(args, names), args.overwrite, args.preview)
     print(report.out)
 
 
 def cmd_check_shards(args) -> None:
-    import time
+    from glyphgen.data.check import check_shards
+    from glyphgen.data.loader import LoaderConfig
 
-    from glyphgen.data.loader import LoaderConfig, make_loader, skip_counts
-
-    cfg = load_config(LoaderConfig, args.config, args.overrides, values={"shards": args.shards})
-    start, images, batches = time.perf_counter(), 0, 0
-    loader = make_loader(cfg)
-    for batch in loader:
-        images += len(batch["text"])
-        batches += 1
-    seconds = time.perf_counter() - start
-    skips = sum(skip_counts().values())
     print(
-        f"{cfg.shards}: {batches} batches of {cfg.batch_size} ({images} images) in {seconds:.1f}s, "
-        f"{images / seconds:.0f} images/s with {cfg.num_workers} workers; "
-        f"{skips} corrupt items skipped in the main process"
+        check_shards(load_config(LoaderConfig, args.config, args.overrides, values={"shards": args.shards}))
     )
 
 
@@ -276,8 +276,12 @@ class _Bars:
         self.close()
 
 
-def sample_paths(out: Path, n: int) -> list[Path]:
-    """Where `glyphgen sample` writes n images (see its --help)."""
+def sample_paths(out: Path, n: int, rerank: bool = False) -> list[Path]:
+    """Where `glyphgen sample` writes n images, or with `rerank` the best one and its JSON (see its
+    --help)."""
+    if rerank:
+        best = out if out.suffix.lower() == ".png" else out / "best.png"
+        return [best, best.with_suffix(".json")]
     if out.suffix.lower() == ".png":
         width = len(str(n - 1))
         return [out] if n == 1 else [out.with_name(f"{out.stem}-{i:0{width}d}.png") for i in range(n)]
@@ -289,6 +293,8 @@ def cmd_sample(args) -> None:
     from glyphgen.inference.sample import cascade, check_prompts, to_pil
 
     text = unescape_newlines(args.text)
+    paths = sample_paths(Path(args.out), args.n, args.rerank)
+    refuse_existing(paths, args.overwrite)
     base, superres = _bundles(args.base, args.superres, args.device)
     check_prompts([text], base.tokenizer)  # before any model runs: a typo costs nothing
     common = dict(n=args.n, seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.guidance)
@@ -308,8 +314,7 @@ def cmd_sample(args) -> None:
                 config=cfg,
                 progress=progress,
             )
-            out = Path(args.out)
-            for path in result.save(out if out.suffix.lower() == ".png" else out / "best.png"):
+            for path in result.save(paths[0]):
                 print(path)
             return
         images = cascade(
@@ -321,7 +326,7 @@ def cmd_sample(args) -> None:
             batch_size=args.batch_size,
             progress=progress,
         )
-    for picture, path in zip(to_pil(images), sample_paths(Path(args.out), args.n), strict=True):
+    for picture, path in zip(to_pil(images), paths, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         picture.save(path)
         print(path)

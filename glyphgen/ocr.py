@@ -11,8 +11,12 @@ joined by a space and lines by "\\n".
 from __future__ import annotations
 
 import os
+import signal
+import threading
 import time
 import weakref
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -20,6 +24,10 @@ from PIL import Image
 
 from glyphgen.config import require
 from glyphgen.data.images import to_rgb
+
+ENGINE_MAX_SIDE = 2000
+"""RapidOCR shrinks any image whose long side is over this (its `max_side_len`) before reading it, so
+upscaling past it only costs memory."""
 
 
 @dataclass
@@ -31,7 +39,8 @@ class OcrConfig:
     side are dropped (watermarks, page numbers, logos). 0 keeps everything."""
     upscale_to: int = 256
     """Images whose short side is below this are upscaled (bicubic) to it before OCR: the detector
-    needs a few dozen pixels per text line (64 px images with 9+ px text read well at 256)."""
+    needs a few dozen pixels per text line (64 px images with 9+ px text read well at 256). The long
+    side is never upscaled past 2000 px, where the engine would shrink it back."""
     detector_side: int = 256
     """The detector's input short side: smaller images are enlarged to it, larger ones run at their own
     size (capped at 2000 px on the long side). RapidOCR's default, 736, is ~3x slower and no better
@@ -53,6 +62,70 @@ class OcrConfig:
         require(self.detector_side >= 32, "detector_side", "must be >= 32")
         require(0.0 < self.line_overlap <= 1.0, "line_overlap", "must be in (0, 1]")
         require(self.threads >= 0, "threads", "must be >= 0")
+
+
+class OcrError(RuntimeError):
+    """The OCR engine failed on one image (e.g. one too thin for it to resize); the message is one line."""
+
+
+class OcrTimeout(OcrError):
+    """Reading one image ran past the time limit set with `time_limit`."""
+
+
+class _Expired(BaseException):
+    """Raised by the alarm inside the engine. Not an `Exception`: RapidOCR wraps every `Exception` from
+    onnxruntime in its own error, and this must reach `time_limit` as itself."""
+
+
+_ALARM_ARMED = False
+"""Whether the alarm may raise: cleared inside `time_limit`'s block, so a late alarm is harmless."""
+
+
+def _alarm(signum, frame) -> None:
+    if _ALARM_ARMED:
+        raise _Expired
+
+
+@contextmanager
+def time_limit(seconds: float) -> Iterator[None]:
+    """Raise `OcrTimeout` in the block once `seconds` have passed (0: no limit).
+
+    SIGALRM-based: the limit holds on a process's main thread (shard builders run OCR there, in the
+    main process or in pool workers); on other threads, and where there is no SIGALRM, there is none.
+    The engine is interrupted between its onnxruntime calls, so one call (detection on a 2000 px image:
+    seconds) may overshoot. An alarm someone else set is left alone when it is due first, and re-armed
+    afterwards otherwise."""
+    global _ALARM_ARMED
+    main_thread = threading.current_thread() is threading.main_thread()
+    if not seconds or not main_thread or not hasattr(signal, "setitimer"):
+        yield
+        return
+    outer, interval = signal.getitimer(signal.ITIMER_REAL)
+    if 0 < outer <= seconds:
+        yield  # someone else's alarm fires first anyway
+        return
+    start = time.monotonic()
+    previous = signal.signal(signal.SIGALRM, _alarm)
+    try:
+        try:
+            _ALARM_ARMED = True  # before the timer starts, so even a tiny limit cannot fire unarmed
+            signal.setitimer(signal.ITIMER_REAL, seconds)
+            yield
+        finally:
+            _ALARM_ARMED = False
+    except _Expired:
+        raise OcrTimeout(f"OCR took longer than the {seconds:g}s time limit") from None
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, signal.SIG_DFL if previous is None else previous)
+        if outer:
+            signal.setitimer(signal.ITIMER_REAL, max(outer - (time.monotonic() - start), 1e-3), interval)
+
+
+def _one_line(err: Exception) -> str:
+    """`Type: message`, the message's last line only (onnxruntime errors arrive with a traceback)."""
+    lines = [line.strip() for line in str(err).splitlines() if line.strip()]
+    return f"{type(err).__name__}: {lines[-1]}" if lines else type(err).__name__
 
 
 @dataclass(frozen=True)
@@ -185,28 +258,36 @@ class Ocr:
         return self._engine
 
     def _run(self, engine, image: Image.Image | np.ndarray, recognise: bool):
-        """RapidOCR on the (upscaled) image: raw results, the scale applied, the original size."""
+        """RapidOCR on the (upscaled) image: raw results, the scale applied, the original size.
+        Whatever the engine raises comes out as a one-line `OcrError`."""
         rgb = to_rgb(Image.fromarray(image) if isinstance(image, np.ndarray) else image)
         width, height = rgb.size
-        scale = 1.0
-        if 0 < min(width, height) < self.cfg.upscale_to:
-            scale = self.cfg.upscale_to / min(width, height)
+        # Up to `upscale_to` on the short side, but a thin image (1x8000) must not grow without bound.
+        scale = min(self.cfg.upscale_to / max(min(width, height), 1), ENGINE_MAX_SIDE / max(width, height))
+        if scale > 1:
             rgb = rgb.resize((round(width * scale), round(height * scale)), Image.Resampling.BICUBIC)
-        bgr = np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])  # RapidOCR takes arrays as BGR
-        if recognise:
-            raw, _ = engine(bgr)
         else:
-            raw, _ = engine(bgr, use_cls=False, use_rec=False)
+            scale = 1.0
+        bgr = np.ascontiguousarray(np.asarray(rgb)[:, :, ::-1])  # RapidOCR takes arrays as BGR
+        try:
+            if recognise:
+                raw, _ = engine(bgr)
+            else:
+                raw, _ = engine(bgr, use_cls=False, use_rec=False)
+        except Exception as e:
+            raise OcrError(f"the OCR engine failed on this {width}x{height} image ({_one_line(e)})") from e
         return raw or (), scale, width, height
 
     def _in_corner(self, box, width: int, height: int) -> bool:
         return bool(self.cfg.corner_fraction) and in_corner(box, width, height, self.cfg.corner_fraction)
 
-    def read(self, image: Image.Image | np.ndarray) -> OcrResult:
-        """Transcribe `image` (a PIL image in any mode, or a uint8 RGB/grayscale array)."""
+    def read(self, image: Image.Image | np.ndarray, limit: float = 0) -> OcrResult:
+        """Transcribe `image` (a PIL image in any mode, or a uint8 RGB/grayscale array). With `limit`,
+        raise `OcrTimeout` once reading takes longer than that many seconds (see `time_limit`)."""
         engine = self.engine  # created before the clock starts: `seconds` is this image's cost alone
         start = time.perf_counter()
-        raw, scale, width, height = self._run(engine, image, recognise=True)
+        with time_limit(limit):
+            raw, scale, width, height = self._run(engine, image, recognise=True)
         kept, low, corner = [], 0, 0
         for points, text, score in raw:
             text = " ".join(str(text).split())
@@ -223,9 +304,13 @@ class Ocr:
         text = "\n".join(" ".join(d.text for d in ln) for ln in lines)
         return OcrResult(text, ordered, low, corner, time.perf_counter() - start)
 
-    def detect(self, image: Image.Image | np.ndarray) -> list[tuple[float, float, float, float]]:
+    def detect(
+        self, image: Image.Image | np.ndarray, limit: float = 0
+    ) -> list[tuple[float, float, float, float]]:
         """Where text is, without reading it (the detector alone, about half the cost of `read`):
-        boxes as (x0, y0, x1, y1), corner detections dropped as in `read`."""
-        raw, scale, width, height = self._run(self.engine, image, recognise=False)
+        boxes as (x0, y0, x1, y1), corner detections dropped as in `read`; `limit` as in `read`."""
+        engine = self.engine
+        with time_limit(limit):
+            raw, scale, width, height = self._run(engine, image, recognise=False)
         boxes = [tuple(v / scale for v in _box_of(points)) for points in raw]
         return [b for b in boxes if not self._in_corner(b, width, height)]

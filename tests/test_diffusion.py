@@ -176,7 +176,9 @@ def test_space_timesteps_counts():
     assert len(space_timesteps(1000, "90,60,60,20,20")) == 250
 
 
-@pytest.mark.parametrize("spec", ["", "abc", "0", "1001", "10,600", "-5", "ddim", "ddimx", "ddim0", "ddim1", "5,,5"])
+@pytest.mark.parametrize(
+    "spec", ["", "abc", "0", "1001", "10,600", "-5", "ddim", "ddimx", "ddim0", "ddim1", "5,,5"]
+)
 def test_space_timesteps_bad_spec(spec):
     with pytest.raises(ValueError) as err:
         space_timesteps(1000, spec)

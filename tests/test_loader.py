@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+import io
+import json
 import tarfile
+import warnings
 
+import numpy as np
 import pytest
 import torch
-from conftest import write_shards
+from conftest import png_bytes, write_shards
+from PIL import Image
 
 from glyphgen.data import loader as L
 from glyphgen.data.loader import LoaderConfig, make_dataset, make_loader, split_batches
@@ -21,6 +26,24 @@ def _as(monkeypatch, rank: int, world: int, worker: int, workers: int) -> None:
 
 def _keys(batches) -> list[str]:
     return [t for b in batches for t in b["text"]]
+
+
+def rewrite_members(shard, change) -> None:
+    """Rewrite a tar in place with each member's bytes replaced by `change(name, data)`."""
+    with tarfile.open(shard) as tar:
+        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
+    with tarfile.open(shard, "w") as tar:
+        for m, data in members:
+            data = change(m.name, data)
+            m.size = len(data)
+            tar.addfile(m, io.BytesIO(data))
+
+
+def edit_manifest(folder, change) -> None:
+    path = folder / "manifest.json"
+    manifest = json.loads(path.read_text())
+    change(manifest)
+    path.write_text(json.dumps(manifest))
 
 
 def test_split_batches_takes_the_smallest_rank_worker_share():
@@ -90,24 +113,18 @@ def test_truncated_shard_and_corrupt_member_are_skipped_and_counted(tmp_path):
     write_shards(tmp_path / "s", 12, maxcount=4)
     shard0 = tmp_path / "s" / "shard-000000.tar"
     shard0.write_bytes(shard0.read_bytes()[:2500])  # cut inside the second sample
-    shard1 = tmp_path / "s" / "shard-000001.tar"
-    with tarfile.open(shard1) as tar:
-        members = [(m, tar.extractfile(m).read()) for m in tar.getmembers()]
-    with tarfile.open(shard1, "w") as tar:
-        for m, data in members:
-            data = b"not a png" if m.name == "k00005.png" else data
-            m.size = len(data)
-            tar.addfile(m, __import__("io").BytesIO(data))
-    L._SKIPS.clear()
+    rewrite_members(
+        tmp_path / "s" / "shard-000001.tar", lambda name, data: b"not a png" if name == "k00005.png" else data
+    )
     cfg = LoaderConfig(
         shards=str(tmp_path / "s"), resolution=32, batch_size=1, num_workers=0, shuffle_buffer=0
     )
-    with pytest.warns(UserWarning, match="skipped corrupt data"):
+    with pytest.warns(UserWarning, match="skipped corrupt data") as caught:
         batches = list(make_loader(cfg))
     assert len(batches) == 12  # the stream cycles so the epoch still has its length
     seen = set(_keys(batches))
     assert "t5" not in seen and {"t8", "t9", "t10", "t11", "t4", "t6", "t7"} <= seen
-    assert sum(L.skip_counts().values()) >= 2
+    assert sum("skipped corrupt data" in str(w.message) for w in caught) >= 2
 
 
 def test_pipe_url_and_missing_folder(tmp_path):
@@ -153,3 +170,136 @@ def test_resume_mid_epoch_continues_the_same_stream(tmp_path, workers):
     assert [b["text"] for b in after] == [b["text"] for b in epoch1[5:]]
     assert epoch0[0]["position"] == (0, 0)
     assert [b["text"] for b in epoch0] != [b["text"] for b in epoch1]
+
+
+# -- a shard folder is data: its manifest names files inside it, and is checked before anything runs --
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        "pipe:touch PWNED",  # webdataset would run it through a shell
+        "https://example.com/s.tar",
+        "/dev/zero",
+        "../elsewhere/shard-000000.tar",
+        "sub/shard-000000.tar",
+        "shard-000000.png",
+        "two\nlines.tar",
+    ],
+)
+def test_manifest_names_are_plain_tar_files_inside_the_folder(tmp_path, monkeypatch, name):
+    write_shards(tmp_path / "s", 4, maxcount=4)
+    edit_manifest(tmp_path / "s", lambda m: m["shards"][0].update(name=name))
+    monkeypatch.chdir(tmp_path / "s")  # `Path(".") / "pipe:..."` is "pipe:...": the worst case
+    with pytest.raises(ValueError, match=r"manifest\.json: shards\[0\]\.name .* is not a plain \.tar") as e:
+        L.resolve_shards(".")
+    assert repr(name)[:30] in str(e.value) and "\n" not in str(e.value)
+    assert not (tmp_path / "s" / "PWNED").exists()
+
+
+@pytest.mark.parametrize(
+    ("entry", "says"),
+    [
+        ("shard-000000.tar", "shards[0] must be an object with a name and a count"),
+        ({"count": 4}, "shards[0] lacks 'name'"),
+        ({"name": 3, "count": 4}, "shards[0].name must be a string, got 3"),
+        ({"name": "shard-000000.tar"}, "shards[0] lacks 'count'"),
+        ({"name": "shard-000000.tar", "count": -1}, "shards[0].count must be a whole number >= 0"),
+    ],
+)
+def test_manifest_entries_get_one_line_naming_the_key(tmp_path, entry, says):
+    write_shards(tmp_path / "s", 4, maxcount=4)
+    edit_manifest(tmp_path / "s", lambda m: m["shards"].__setitem__(0, entry))
+    with pytest.raises(ValueError) as e:
+        make_loader(LoaderConfig(shards=str(tmp_path / "s"), num_workers=0))
+    assert str(e.value).startswith(f"{tmp_path / 's' / 'manifest.json'}: {says}"), e.value
+
+
+def test_a_manifest_that_is_not_an_object_gets_one_line(tmp_path):
+    write_shards(tmp_path / "s", 4, maxcount=4)
+    (tmp_path / "s" / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match="manifest.json"):
+        make_loader(LoaderConfig(shards=str(tmp_path / "s"), num_workers=0))
+
+
+def test_a_missing_or_special_shard_is_named_before_anything_is_read(tmp_path):
+    write_shards(tmp_path / "s", 8, maxcount=4)
+    shard = tmp_path / "s" / "shard-000001.tar"
+    shard.unlink()
+    cfg = LoaderConfig(shards=str(tmp_path / "s"), num_workers=0, batch_size=2)
+    with pytest.raises(FileNotFoundError, match=r"manifest\.json: lists shard-000001\.tar, which is not in"):
+        make_loader(cfg)
+    shard.symlink_to("/dev/zero")  # reading it would never end
+    with pytest.raises(ValueError, match=r"manifest\.json: shard-000001\.tar is not a regular file"):
+        make_loader(cfg)
+
+
+def test_empty_and_zero_byte_shards_are_skipped_with_a_warning(tmp_path):
+    write_shards(tmp_path / "s", 12, maxcount=4)
+    tarfile.open(tmp_path / "s" / "shard-000001.tar", "w").close()  # a valid tar with no member
+    (tmp_path / "s" / "shard-000002.tar").write_bytes(b"")
+    cfg = LoaderConfig(shards=str(tmp_path / "s"), resolution=32, batch_size=2, num_workers=0)
+    with pytest.warns(UserWarning, match="skipped 2 empty shard.*: shard-000001.tar, shard-000002.tar"):
+        loader = make_loader(cfg)
+    batches = list(loader)
+    assert len(batches) == len(loader) == 2 and set(_keys(batches)) <= {"t0", "t1", "t2", "t3"}
+    tarfile.open(tmp_path / "s" / "shard-000000.tar", "w").close()
+    with pytest.raises(L.NoDataError, match="all 3 shards are empty"):
+        make_loader(cfg)
+
+
+def test_16bit_png_members_are_scaled_not_clipped(tmp_path):
+    from glyphgen.data.shards import Sample, ShardOutput
+
+    values = np.array([0, 16384, 32768, 49152, 65535], dtype=np.uint16)
+    img = Image.fromarray(np.tile(values.repeat(8), (40, 1)))
+    with ShardOutput(tmp_path / "s", maxcount=4) as out:
+        out.write(Sample("k0", png_bytes(img), "gradient"))
+    for channels in (1, 3):
+        cfg = LoaderConfig(shards=str(tmp_path / "s"), resolution=40, channels=channels, batch_size=1)
+        cfg.num_workers, cfg.shuffle_buffer = 0, 0
+        image = next(iter(make_loader(cfg)))["image"][0]
+        assert image.shape == (channels, 40, 40)
+        assert image[0, 0, ::8].tolist() == [0, 64, 128, 191, 255]  # v / 65535 * 255, rounded
+
+
+# -- check-shards: what the shards really hold, read once --
+
+
+def test_check_shards_counts_what_it_read_once(tmp_path):
+    from glyphgen.data.check import check_shards
+
+    write_shards(tmp_path / "s", 8, maxcount=8)
+    edit_manifest(tmp_path / "s", lambda m: m["shards"][0].update(count=80))
+    cfg = LoaderConfig(shards=str(tmp_path / "s"), resolution=32, batch_size=4, num_workers=0)
+    with pytest.warns(UserWarning, match="the manifest lists 80 samples, the shards hold 8"):
+        summary = check_shards(cfg)
+    assert summary.startswith(f"{tmp_path / 's'}: 8 images in 1 shards") and "skipped: none" in summary
+    shard = tmp_path / "s" / "shard-000000.tar"
+    shard.write_bytes(shard.read_bytes()[:6000])  # cut inside a later sample
+    with warnings.catch_warnings(record=True):
+        warnings.simplefilter("always")
+        summary = check_shards(cfg)
+    images = int(summary.split(": ")[1].split()[0])
+    assert 0 < images < 8 and "skipped: 1 " in summary
+
+
+def test_check_shards_reports_skips_counted_in_workers(tmp_path):
+    from glyphgen.data.check import check_shards
+
+    write_shards(tmp_path / "s", 8, maxcount=4)
+    for i in (0, 1):
+        rewrite_members(
+            tmp_path / "s" / f"shard-00000{i}.tar",
+            lambda name, data: b"junk" if name in ("k00001.png", "k00005.png") else data,
+        )
+    cfg = LoaderConfig(shards=str(tmp_path / "s"), resolution=32, num_workers=2)
+    with pytest.warns(UserWarning, match="skipped 2 UnidentifiedImageError"):
+        summary = check_shards(cfg)
+    assert "6 images in 2 shards" in summary and "with 2 workers" in summary
+    assert summary.endswith("skipped: 2 UnidentifiedImageError")
+    for i in (0, 1):
+        rewrite_members(tmp_path / "s" / f"shard-00000{i}.tar", lambda name, data: b"junk")
+    with pytest.raises(L.NoDataError, match="no readable sample in its 2 shards"), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        check_shards(cfg)

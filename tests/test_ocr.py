@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import multiprocessing as mp
+import signal
+import threading
+import time
 from pathlib import Path
 
 import font_roboto
@@ -10,7 +13,17 @@ import numpy as np
 import pytest
 from PIL import Image, ImageDraw, ImageFont
 
-from glyphgen.ocr import Detection, Ocr, OcrConfig, group_lines, in_corner
+from glyphgen.ocr import (
+    ENGINE_MAX_SIDE,
+    Detection,
+    Ocr,
+    OcrConfig,
+    OcrError,
+    OcrTimeout,
+    group_lines,
+    in_corner,
+    time_limit,
+)
 
 ROBOTO = str(Path(font_roboto.__file__).parent / "files" / "Roboto-Regular.ttf")
 
@@ -122,3 +135,89 @@ def test_in_corner():
     assert in_corner((90, 90, 99, 99), 100, 100, 0.1)
     assert not in_corner((85, 90, 99, 99), 100, 100, 0.1)  # sticks out of the corner square
     assert not in_corner((40, 90, 60, 99), 100, 100, 0.1)  # bottom edge, not a corner
+
+
+class FakeEngine:
+    """Stands in for RapidOCR: records the input shape, sleeps like a slow page, and wraps every
+    `Exception` in its own error the way RapidOCR wraps onnxruntime's."""
+
+    def __init__(self, seconds: float = 0.0):
+        self.seconds = seconds
+        self.shapes: list[tuple[int, ...]] = []
+
+    def __call__(self, bgr, **kwargs):
+        self.shapes.append(bgr.shape)
+        try:
+            time.sleep(self.seconds)
+        except Exception as e:
+            raise RuntimeError("engine error") from e
+        return None, None
+
+
+def with_engine(engine: FakeEngine) -> Ocr:
+    ocr = Ocr()
+    ocr._engine = engine
+    return ocr
+
+
+def test_thin_images_fail_with_one_line_naming_the_size(ocr):
+    for size in [(3000, 20), (1, 8000)]:  # the second grew to 3.9 GB before the upscaling cap
+        with pytest.raises(
+            OcrError, match=r"^the OCR engine failed on this \d+x\d+ image \(ResizeImgError\)$"
+        ):
+            ocr.read(Image.new("RGB", size, "white"))
+        with pytest.raises(OcrError, match=f"{size[0]}x{size[1]}"):
+            ocr.detect(Image.new("RGB", size, "white"))
+
+
+def test_upscaling_stops_at_the_engines_long_side():
+    engine = FakeEngine()
+    ocr = with_engine(engine)
+    for size in [(600, 10), (64, 64), (5000, 100)]:
+        ocr.read(Image.new("RGB", size, "white"))
+    assert engine.shapes == [(33, ENGINE_MAX_SIDE, 3), (256, 256, 3), (100, 5000, 3)]
+
+
+def test_time_limit_interrupts_an_engine_that_wraps_exceptions():
+    ocr, handler = with_engine(FakeEngine(seconds=5.0)), signal.getsignal(signal.SIGALRM)
+    for call in (ocr.read, ocr.detect):
+        start = time.monotonic()
+        with pytest.raises(OcrTimeout, match=r"^OCR took longer than the 0.05s time limit$"):
+            call(Image.new("RGB", (64, 64), "white"), limit=0.05)
+        assert time.monotonic() - start < 2
+    assert signal.getitimer(signal.ITIMER_REAL)[0] == 0 and signal.getsignal(signal.SIGALRM) == handler
+
+
+def test_time_limit_gives_back_an_alarm_set_by_someone_else():
+    class Outer(Exception):
+        pass
+
+    def outer(signum, frame):
+        raise Outer
+
+    previous = signal.signal(signal.SIGALRM, outer)
+    try:
+        signal.setitimer(signal.ITIMER_REAL, 5.0)
+        with time_limit(1.0):
+            pass
+        assert 4 < signal.getitimer(signal.ITIMER_REAL)[0] <= 5 and signal.getsignal(signal.SIGALRM) is outer
+        signal.setitimer(signal.ITIMER_REAL, 0.05)  # due before the limit: it is the one that fires
+        with pytest.raises(Outer), time_limit(5.0):
+            time.sleep(2)
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0)
+        signal.signal(signal.SIGALRM, previous)
+
+
+def test_time_limit_is_not_applied_off_the_main_thread():
+    done = []
+
+    def work():
+        with time_limit(0.01):
+            time.sleep(0.1)
+        done.append(True)
+
+    thread = threading.Thread(target=work)
+    thread.start()
+    thread.join()
+    assert done == [True]

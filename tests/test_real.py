@@ -161,3 +161,113 @@ def test_config_needs_exactly_one_source(tmp_path):
 def test_normalise_transcript():
     assert normalise_transcript("a  \r\nb\rc\t\n\n") == "a\nb\nc"
     assert normalise_transcript("  indented\nkept") == "  indented\nkept"
+
+
+def _build(tmp_path, **kw) -> tuple:
+    """A build (one worker, OCR on the main thread, unless `workers` is given) and its warnings."""
+    kw.setdefault("workers", 1)
+    with pytest.warns(UserWarning) as caught:
+        report = build_real_shards(RealConfig(out=str(tmp_path / "out"), **kw))
+    return report, "\n".join(str(w.message) for w in caught)
+
+
+def test_extreme_aspect_ratios_are_skipped_before_any_ocr(tmp_path, monkeypatch):
+    d = tmp_path / "images"
+    d.mkdir()
+    Image.new("RGB", (3000, 20), "white").save(d / "banner.png")  # RapidOCR raised ResizeImgError on it
+    Image.new("RGB", (20, 1100), "white").save(d / "pole.png")
+    (d / "pole.txt").write_text("given")
+    words_image("coffee").save(d / "read.png")
+    seen, run = [], real.Ocr._run
+
+    def spy(self, engine, image, recognise):
+        seen.append(image.size)
+        return run(self, engine, image, recognise)
+
+    monkeypatch.setattr(real.Ocr, "_run", spy)
+    report, said = _build(tmp_path, images=str(d))
+    assert report.count == 1 and dict(report.skipped) == {"extreme aspect ratio": 2}
+    assert "banner.png: 3000x20 is over max_aspect=50:1" in said and "pole.png" in said
+    assert seen == [(320, 220)]  # only the ordinary image met the OCR
+
+
+def test_ocr_engine_errors_are_counted_skips_naming_the_image(tmp_path):
+    d = tmp_path / "images"
+    d.mkdir()
+    Image.new("RGB", (3000, 20), "white").save(d / "banner.png")
+    Image.new("RGB", (1, 8000), "white").save(d / "needle.png")  # upscaled to 3.9 GB before the cap
+    words_image("coffee").save(d / "read.png")
+    report, said = _build(tmp_path, images=str(d), max_aspect=100_000)
+    assert report.count == 1 and dict(report.skipped) == {"OCR failed": 2}
+    assert "banner.png: the OCR engine failed on this 3000x20 image (ResizeImgError)" in said
+    assert "needle.png: the OCR engine failed on this 1x8000 image" in said
+
+
+@pytest.mark.parametrize("workers", [1, 2])  # the limit holds on the main thread and in pool workers
+def test_ocr_over_its_time_limit_is_a_counted_skip(tmp_path, workers):
+    d = tmp_path / "images"
+    d.mkdir()
+    words_image("coffee").save(d / "read.png")  # read by OCR
+    words_image("given").save(d / "side.png")  # the detector locates its text
+    (d / "side.txt").write_text("given")
+    photo_like(0).save(d / "blank.png")  # an empty transcript: no OCR at all, so one sample is written
+    (d / "blank.txt").write_text("")
+    report, said = _build(tmp_path, images=str(d), ocr_time_limit=0.001, skip_empty=False, workers=workers)
+    assert report.count == 1 and dict(report.skipped) == {"OCR time limit": 2}
+    assert "read.png: OCR took longer than the 0.001s time limit" in said and "side.png: OCR took" in said
+    cfg = RealConfig(images=str(d), out=str(tmp_path / "out2"), workers=workers, skip_empty=False)
+    assert build_real_shards(cfg).count == 3  # the default limit leaves them be
+
+
+@pytest.mark.parametrize(
+    "override, message",
+    [
+        ("ocr_time_limit=-1", r"^ocr_time_limit: must be a number of seconds >= 0"),
+        ("ocr_time_limit=nan", r"^ocr_time_limit: must be a number of seconds >= 0"),
+        ("ocr_time_limit=inf", r"^ocr_time_limit: must be a number of seconds >= 0"),
+        ("max_aspect=0.5", r"^max_aspect: must be >= 1"),
+    ],
+)
+def test_limits_are_validated(tmp_path, override, message):
+    with pytest.raises(ConfigError, match=message):
+        load_config(RealConfig, values={"images": str(tmp_path)}, overrides=[override])
+
+
+def test_manifest_must_be_a_file(tmp_path):
+    with pytest.raises(ConfigError, match=r"^manifest: '.*' is not a file"):
+        load_config(RealConfig, values={"manifest": str(tmp_path)})
+
+
+def _manifest(tmp_path, data: bytes) -> Path:
+    photo_like(0).save(tmp_path / "given.png")
+    (tmp_path / "list.jsonl").write_bytes(data)
+    return tmp_path / "list.jsonl"
+
+
+def test_manifest_that_is_not_utf8_is_one_error_naming_the_line(tmp_path):
+    good = json.dumps({"image": "given.png", "text": "café"}, ensure_ascii=False).encode()
+    path = _manifest(tmp_path, good + b"\n" + good.replace("é".encode(), b"\xe9") + b"\n")
+    with pytest.raises(ValueError, match=r"list\.jsonl:2: not UTF-8 text \(byte \d+ of the line\)$"):
+        build_real_shards(RealConfig(manifest=str(path), out=str(tmp_path / "out"), workers=1))
+    assert not (tmp_path / "out").exists()
+
+
+def test_manifest_odd_lines_are_counted_skips_with_their_line(tmp_path):
+    good = json.dumps({"image": "given.png", "text": "hello"})
+    lines = [
+        "\ufeff" + good,  # a BOM before the first line is tolerated
+        "[1, 2]",
+        '"given.png"',
+        "null",
+        "[" * 100_000,  # nested past Python's recursion limit
+        json.dumps({"image": "giv\0en.png", "text": "x"}),  # os calls refuse a NUL
+        json.dumps({"image": "given.png", "text": 3}),
+        json.dumps({"image": "missing.png", "text": "x"}),
+    ]
+    path = _manifest(tmp_path, "\n".join(lines).encode())
+    report, said = _build(tmp_path, manifest=str(path), locate_text=False)
+    assert report.count == 1
+    assert dict(report.skipped) == {"bad manifest line": 6, "missing file": 1}
+    for lineno in range(2, 8):
+        assert f"list.jsonl:{lineno}: " in said
+    assert "nested too deeply" in said and "missing.png: no such file" in said

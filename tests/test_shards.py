@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import subprocess
 import tarfile
 
 import pytest
@@ -82,3 +83,81 @@ def test_build_with_nothing_written_makes_no_folder(tmp_path):
     with pytest.raises(ValueError, match="no samples"):
         build_shards(tmp_path / "s", [3, 8], _make, maxcount=8)
     assert not (tmp_path / "s").exists()
+
+
+# -- the output folder: only glyphgen's own shard folders are ever replaced --
+
+
+def _tree(folder):
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+def _build(out, overwrite=False, n=2):
+    with ShardOutput(out, maxcount=2, overwrite=overwrite) as sink:
+        for j in range(n):
+            sink.write(Sample(f"k{j}", png_bytes(text_image(str(j))), str(j)))
+
+
+@pytest.mark.parametrize("overwrite", [False, True])
+def test_a_folder_of_other_files_is_never_replaced(tmp_path, overwrite):
+    important = tmp_path / "important"
+    (important / "sub").mkdir(parents=True)
+    (important / "thesis.txt").write_text("four years")
+    (important / "sub" / "data.csv").write_text("1,2")
+    (important / "shard-000000.tar").write_bytes(b"a tar a user keeps here")
+    before = _tree(important)
+    with pytest.raises(
+        ShardsExistError, match=r"important: holds files that are not glyphgen shards \(sub, "
+    ):
+        _build(important, overwrite)
+    assert _tree(important) == before
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["important"]
+
+
+def test_a_file_or_link_as_out_is_refused(tmp_path):
+    (tmp_path / "notes.txt").write_text("keep")
+    with pytest.raises(ShardsExistError, match="notes.txt: exists and is not a folder"):
+        _build(tmp_path / "notes.txt", overwrite=True)
+    (tmp_path / "real").mkdir()
+    (tmp_path / "link").symlink_to(tmp_path / "real")
+    with pytest.raises(ShardsExistError, match="link: exists and is not a folder"):
+        _build(tmp_path / "link", overwrite=True)
+    assert (tmp_path / "notes.txt").read_text() == "keep" and (tmp_path / "link").is_symlink()
+
+
+def test_an_empty_folder_and_dot_are_fine(tmp_path, monkeypatch):
+    (tmp_path / "empty").mkdir()
+    _build(tmp_path / "empty", n=2)
+    assert read_manifest(tmp_path / "empty")["count"] == 2
+    monkeypatch.chdir(tmp_path / "empty")
+    _build(".", overwrite=True, n=1)
+    assert read_manifest(tmp_path / "empty")["count"] == 1
+
+
+def test_stale_partials_of_dead_builds_are_removed(tmp_path):
+    finished = subprocess.Popen(["true"])
+    finished.wait()  # its PID is free now, like a killed build's
+    stale = tmp_path / f"s.partial-{finished.pid}"
+    stale.mkdir()
+    (stale / "shard-000000.tar").write_bytes(b"half")
+    running = tmp_path / "s.partial-1"  # PID 1 lives: a build in progress elsewhere
+    running.mkdir()
+    foreign = tmp_path / f"s.old-{finished.pid}"  # a dead PID, but holding more than shards
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    with pytest.warns(
+        UserWarning, match=f"removed s.partial-{finished.pid}, left by a build that was killed"
+    ):
+        _build(tmp_path / "s")
+    assert not stale.exists() and running.exists() and (foreign / "notes.txt").exists()
+    assert read_manifest(tmp_path / "s")["count"] == 2
+
+
+def test_a_manifest_that_is_not_an_object_or_a_folder_gets_one_line(tmp_path):
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(ValueError, match=r"manifest.json: not a glyphgen shard manifest \(a JSON list\)"):
+        read_manifest(tmp_path)
+    (tmp_path / "manifest.json").unlink()
+    (tmp_path / "manifest.json").mkdir()
+    with pytest.raises(ValueError, match="manifest.json: is a folder"):
+        read_manifest(tmp_path)

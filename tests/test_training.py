@@ -74,7 +74,8 @@ def network(ckpt_path, prefix: str) -> dict[str, torch.Tensor]:
 
 
 def test_pretrain_stage_writes_its_run_folder(tmp_path, shards):
-    cfg = stage_cfg("pretrain-synthetic", shards, steps=4, **{"sample.every_n_steps": 4, "sample.steps": "3"})
+    extra = {"sample.every_n_steps": 4, "sample.steps": "3", "localisation": 0.1}
+    cfg = stage_cfg("pretrain-synthetic", shards, steps=4, **extra)
     final = train_stage(cfg, tmp_path / "run")
     run = tmp_path / "run"
     assert final == run / "checkpoints" / "final.ckpt"
@@ -84,6 +85,7 @@ def test_pretrain_stage_writes_its_run_folder(tmp_path, shards):
     assert (run / "loss.png").is_file() and (run / "samples" / "step_0000004.png").is_file()
     header = (run / "logs" / "metrics.csv").read_text().splitlines()[0]
     assert "train/loss" in header and "train/loss_q0" in header and "samples/cer" in header
+    assert "train/localisation" in header  # synthetic shards carry character boxes
     assert load_config(StageConfig, [run / "config.yaml"]) == cfg
     ema, live = network(final, "ema."), network(final, "model.")
     assert ema.keys() == live.keys() and any(not torch.equal(ema[k], live[k]) for k in ema)

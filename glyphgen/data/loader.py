@@ -4,8 +4,8 @@ Two ways to split data (see ../shared/notes/webdataset-lightning.md):
 - `resampled=False`: the shard list is split by rank, then by DataLoader worker, so no sample is
   seen by two ranks. The number of batches per worker is computed from the manifest's per-shard
   counts as the minimum over every (rank, worker), so every rank yields exactly the same number of
-  batches each epoch and DDP never waits on a rank that ran dry. Each worker's stream cycles its own
-  shards, so even a corrupt shard cannot put a rank out of step.
+  batches each epoch and DDP never waits on a rank that ran dry. Each worker reads its own shards
+  pass after pass, so even a corrupt shard cannot put a rank out of step.
 - `resampled=True`: every worker draws shards with replacement; the epoch length is set, not counted.
 
 Every random choice is seeded by (seed, rank, worker, epoch), so an epoch is reproducible and a
@@ -13,15 +13,25 @@ resumed run can skip exactly the batches it already trained on (`StreamLoader.re
 
 Samples are shuffled as raw bytes (smaller), then decoded, then batched inside the worker; a batch is
 `{"image": uint8 [B, C, H, W], "tokens": int64 [B, L], "mask": bool [B, L], "text": list[str]}`.
-A corrupt member or shard is skipped, counted and warned about, never a crash.
+
+Bad data never hangs or crashes the loader. A corrupt member or shard is skipped, counted and warned
+about. A shard that gives no sample in a full pass is dropped with a warning; a worker left with none
+of its own draws from the others so its rank keeps its share; when no shard is left, `NoDataError`
+names them. A shard folder's manifest names plain `.tar` files inside it, nothing else: a name that
+is a path elsewhere, a URL or a `pipe:` command is refused (those only come from what the user types).
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import itertools
+import json
 import math
 import random
+import reprlib
+import signal
+import threading
 import warnings
 from collections import Counter
 from dataclasses import dataclass
@@ -33,11 +43,9 @@ import webdataset as wds
 from PIL import Image
 
 from glyphgen.config import require
-from glyphgen.data.images import resize_center_crop
-from glyphgen.data.shards import read_manifest
+from glyphgen.data.images import resize_center_crop, to_rgb
+from glyphgen.data.shards import MANIFEST, MAX_WORKERS, read_manifest
 from glyphgen.text.tokenizer import CharTokenizer
-
-_SKIPS: Counter = Counter()
 
 
 @dataclass
@@ -63,41 +71,121 @@ class LoaderConfig:
     """Seeds shuffling and resampling (combined with rank, worker and epoch)."""
     pad_to: int | None = None
     """Pad token sequences to this length (fixed shapes for torch.compile); default: the batch's longest."""
+    char_boxes: bool = False
+    """Also read each sample's per-character ink boxes (synthetic shards store them) into batches as
+    `boxes` [B, L, 4], aligned with the tokens, for the character localisation loss."""
 
     def __post_init__(self):
         require(self.channels in (1, 3), "channels", f"must be 1 or 3, got {self.channels}")
         require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
-        require(self.num_workers >= 0, "num_workers", f"must be >= 0, got {self.num_workers}")
+        require(
+            0 <= self.num_workers <= MAX_WORKERS,
+            "num_workers",
+            f"must be in [0, {MAX_WORKERS}], got {self.num_workers}",
+        )
         require(self.resolution >= 8, "resolution", f"must be >= 8, got {self.resolution}")
         require(self.shuffle_buffer >= 0, "shuffle_buffer", "must be >= 0")
         require(self.epoch_batches is None or self.epoch_batches > 0, "epoch_batches", "must be > 0")
 
 
-def skip_counts() -> Counter:
-    """Samples and shards skipped as corrupt in this process, by exception type."""
-    return Counter(_SKIPS)
+class NoDataError(RuntimeError):
+    """No sample is left to read: every shard is empty, missing or corrupt."""
 
 
-def count_and_warn(exn: Exception) -> bool:
-    """WebDataset error handler: count the skip, warn (naming the shard when known), keep going."""
-    _SKIPS[type(exn).__name__] += 1
-    total = sum(_SKIPS.values())
-    if total <= 10 or math.log10(total).is_integer():
-        warnings.warn(f"skipped corrupt data ({total} so far in this process): {exn}", stacklevel=2)
-    return True
+class SkipCounter:
+    """Error handler for WebDataset stages and decoding: counts the skip by exception type, warns
+    about the first ten and then every power of ten (naming the shard when known), keeps going."""
+
+    def __init__(self):
+        self.counts: Counter = Counter()
+
+    def __call__(self, exn: Exception) -> bool:
+        self.counts[type(exn).__name__] += 1
+        total = sum(self.counts.values())
+        if total <= 10 or math.log10(total).is_integer():
+            warnings.warn(f"skipped corrupt data ({total} so far in this stream): {exn}", stacklevel=2)
+        return True
 
 
-def resolve_shards(spec: str) -> tuple[list[str], list[int] | None]:
-    """Shard URLs and, for a local folder, the per-shard sample counts from its manifest."""
+def shard_names(urls: list[str], shown: int = 4) -> str:
+    """The last path part of each shard, the first `shown` of them: for one-line messages."""
+    names = [u.rsplit("/", 1)[-1] for u in urls]
+    more = f" and {len(names) - shown} more" if len(names) > shown else ""
+    return ", ".join(names[:shown]) + more
+
+
+@dataclass
+class Shards:
+    """What a shard spec resolves to: the URLs to read, the manifest's per-shard sample counts (a
+    folder) or None (a URL pattern), and the manifest's shards skipped as empty."""
+
+    urls: list[str]
+    counts: list[int] | None
+    empty: list[str]
+
+
+_SHOW = reprlib.Repr()
+_SHOW.maxstring = 60  # a manifest value in an error line: enough to recognise, never a page
+
+
+def _shard_entry(entry: object, where: str) -> tuple[str, int]:
+    """(name, count) of one manifest entry. The name must be a plain file name inside the folder: no
+    separator (a path elsewhere), no colon (a URL scheme or a `pipe:` command), printable, `.tar`."""
+    if not isinstance(entry, dict):
+        raise ValueError(f"{where} must be an object with a name and a count, got {_SHOW.repr(entry)}")
+    for key in ("name", "count"):
+        if key not in entry:
+            raise ValueError(f"{where} lacks {key!r}")
+    name, count = entry["name"], entry["count"]
+    if not isinstance(name, str):
+        raise ValueError(f"{where}.name must be a string, got {_SHOW.repr(name)}")
+    if not (name.isprintable() and name.endswith(".tar") and len(name) > 4 and not set(name) & set("/\\:")):
+        raise ValueError(f"{where}.name {_SHOW.repr(name)} is not a plain .tar file name inside the folder")
+    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
+        raise ValueError(f"{where}.count must be a whole number >= 0, got {_SHOW.repr(count)}")
+    return name, count
+
+
+def _is_empty_tar(path: Path) -> bool:
+    """0 bytes, or a first header block of zeros (a tar's end-of-archive marker): no member at all."""
+    with path.open("rb") as f:
+        return not f.read(512).strip(b"\0")
+
+
+def _folder_shards(folder: Path) -> Shards:
+    manifest = read_manifest(folder)
+    where = folder / MANIFEST
+    urls, counts, empty = [], [], []
+    for i, entry in enumerate(manifest["shards"]):
+        name, count = _shard_entry(entry, f"{where}: shards[{i}]")
+        # Absolute, so that nothing in the folder's own path is ever read as a URL scheme either.
+        path = folder.absolute() / name
+        if not path.exists():
+            raise FileNotFoundError(f"{where}: lists {name}, which is not in the folder")
+        if not path.is_file():
+            raise ValueError(f"{where}: {name} is not a regular file")
+        if _is_empty_tar(path):
+            empty.append(name)
+            continue
+        urls.append(str(path))
+        counts.append(count)
+    if not urls:
+        what = f"all {len(empty)} shards are empty ({shard_names(empty)})" if empty else "it lists no shards"
+        raise NoDataError(f"{where}: no samples to read: {what}")
+    if empty:
+        warnings.warn(f"{folder}: skipped {len(empty)} empty shard(s): {shard_names(empty)}", stacklevel=3)
+    return Shards(urls, counts, empty)
+
+
+def resolve_shards(spec: str) -> Shards:
+    """The shards a spec names: a folder (its manifest's shards, checked), a URL pattern, or one tar."""
     folder = Path(spec).expanduser()
     if folder.is_dir():
-        manifest = read_manifest(folder)
-        shards = manifest["shards"]
-        return [str(folder / s["name"]) for s in shards], [int(s["count"]) for s in shards]
+        return _folder_shards(folder)
     if "://" in spec or spec.startswith("pipe:") or "{" in spec:
-        return list(wds.shardlists.expand_urls(spec)), None
+        return Shards(list(wds.shardlists.expand_urls(spec)), None, [])
     if folder.suffix == ".tar" and folder.is_file():
-        return [str(folder)], None
+        return Shards([str(folder.absolute())], None, [])
     raise FileNotFoundError(f"{spec}: no such shard folder (build it with `glyphgen make-shards`)")
 
 
@@ -123,22 +211,44 @@ def split_batches(counts: list[int], batch_size: int, world_size: int, num_worke
     return min(per_pair)
 
 
-def decode_sample(sample: dict, resolution: int, channels: int) -> dict:
-    """Raw tar members -> {"image": uint8 [C, H, W], "text": str}. Raises on a broken member."""
+def decode_sample(sample: dict, resolution: int, channels: int, char_boxes: bool = False) -> dict:
+    """Raw tar members -> {"image": uint8 [C, H, W], "text": str} and with `char_boxes` also
+    "char_boxes": the json member's boxes as fractions of the image side (None when the sample has
+    none, or is not square, so a crop would move them). Raises on a broken member."""
     data = sample.get("png") or sample.get("jpg")
     if data is None:
         raise ValueError(f"{sample.get('__url__')}: sample {sample.get('__key__')} has no png/jpg member")
     with Image.open(io.BytesIO(data)) as img:
         if img.width * img.height > 64 * resolution * resolution:
             raise ValueError(f"sample {sample['__key__']}: image {img.size} is far over {resolution}px")
-        img = img.convert("L" if channels == 1 or img.mode in ("L", "1", "I;16", "I") else "RGB")
+        # 8-bit gray and RGB are used as stored; every other mode (16-bit, palette, alpha, CMYK) goes
+        # through the converter real images use, which scales deep grayscale instead of clipping it.
+        img = img if img.mode in ("L", "RGB") else to_rgb(img)
+        if channels == 1 and img.mode != "L":
+            img = img.convert("L")
+        size = img.size
         if img.size != (resolution, resolution):
             img = resize_center_crop(img, resolution)
         arr = np.asarray(img)
     arr = arr[None] if arr.ndim == 2 else arr.transpose(2, 0, 1)
     if channels == 3 and arr.shape[0] == 1:
         arr = np.repeat(arr, 3, axis=0)
-    return {"image": torch.from_numpy(np.ascontiguousarray(arr)), "text": sample["txt"].decode("utf-8")}
+    out = {"image": torch.from_numpy(np.ascontiguousarray(arr)), "text": sample["txt"].decode("utf-8")}
+    if char_boxes:
+        boxes = json.loads(sample["json"]).get("char_boxes") if "json" in sample else None
+        square = size[0] == size[1]
+        out["char_boxes"] = [b and [v / size[0] for v in b] for b in boxes] if boxes and square else None
+    return out
+
+
+def token_boxes(char_boxes: list | None, length: int) -> torch.Tensor:
+    """Per-token boxes [length, 4] from a sample's `char_boxes`: token 0 is BOS, token i + 1 is
+    character i; a token without a box (specials, spaces, padding, cut characters) gets zeros."""
+    out = torch.zeros(length, 4)
+    for i, box in enumerate((char_boxes or [])[: max(length - 2, 0)]):
+        if box is not None:
+            out[i + 1] = torch.tensor(box)
+    return out
 
 
 class Collate:
@@ -156,12 +266,15 @@ class Collate:
         if unknown and (self._reported == 0 or unknown >= 10 * self._reported):
             self._reported = unknown
             self.tokenizer.warn_counts("training data")
-        return {
+        batch = {
             "image": torch.stack([s["image"] for s in samples]),
             "tokens": tokens,
             "mask": mask,
             "text": texts,
         }
+        if "char_boxes" in samples[0]:
+            batch["boxes"] = torch.stack([token_boxes(s["char_boxes"], tokens.shape[1]) for s in samples])
+        return batch
 
 
 def world_size() -> int:
@@ -173,7 +286,9 @@ class ShardStream(torch.utils.data.IterableDataset):
 
     Everything random is seeded by (seed, rank, worker, epoch), so an epoch is reproducible, and
     `start(epoch, skip)` resumes it with each worker `skip` batches in (raw samples are skipped,
-    before decoding)."""
+    before decoding). When no shard gives samples any more, the stream ends with `{"error": message}`
+    instead of a batch: an exception raised in a DataLoader worker would reach the training process
+    as a multi-line traceback."""
 
     def __init__(self, urls: list[str], cfg: LoaderConfig, tokenizer: CharTokenizer, per_worker: int):
         self.urls, self.cfg, self.per_worker = urls, cfg, per_worker
@@ -184,42 +299,75 @@ class ShardStream(torch.utils.data.IterableDataset):
         """Set the epoch (and the batches per worker already trained on) for the next iteration."""
         self.epoch, self.skip = epoch, skip
 
-    def _shard_urls(self, rng: random.Random, rank: int, world: int, worker: int, workers: int):
-        if self.cfg.resampled:
-            while True:
-                yield {"url": rng.choice(self.urls)}
-        # The same split as webdataset's split_by_node then split_by_worker, cycled so a worker whose
-        # shards turn out short (corrupt) still yields its share and keeps the ranks in step.
-        mine = self.urls[rank::world][worker::workers]
-        for cycle in itertools.count():
-            order = list(mine)
-            if cycle:
-                rng.shuffle(order)
-            yield from ({"url": u} for u in order)
-
     def __iter__(self):
         rank, world, worker, workers = wds.utils.pytorch_worker_info()
         rng = random.Random(hash((self.cfg.seed, rank, worker, self.epoch)))
-        skip = self.skip
-        samples = wds.tarfile_to_samples(handler=count_and_warn)(
-            self._shard_urls(rng, rank, world, worker, workers)
-        )
-        if self.cfg.shuffle_buffer:
-            samples = wds.filters._shuffle(
-                samples, self.cfg.shuffle_buffer, min(self.cfg.shuffle_buffer, 100), rng=rng
-            )
-        samples = itertools.islice(samples, skip * self.cfg.batch_size, None)
-        decoded = wds.filters._map(samples, self._decode, handler=count_and_warn)
-        batches = wds.filters._batched(decoded, self.cfg.batch_size, collation_fn=self.collate, partial=False)
-        yield from itertools.islice(batches, max(0, self.per_worker - skip))
+        # The same split as webdataset's split_by_node then split_by_worker.
+        own = None if self.cfg.resampled else self.urls[rank::world][worker::workers]
+        samples = self._samples(rng, own, self.skip * self.cfg.batch_size)
+        batches = wds.filters._batched(samples, self.cfg.batch_size, collation_fn=self.collate, partial=False)
+        try:
+            yield from itertools.islice(batches, max(0, self.per_worker - self.skip))
+        except NoDataError as e:
+            yield {"error": str(e)}
 
-    def _decode(self, sample: dict) -> dict:
-        return decode_sample(sample, self.cfg.resolution, self.cfg.channels)
+    def _samples(self, rng: random.Random, own: list[str] | None, skip: int):
+        """Decoded samples, pass after pass: over this worker's `own` shards (the first pass in order,
+        then shuffled), or, when resampling or when none of its own is left, over as many draws from
+        all the shards still alive. Each pass has its own shuffle buffer, so when a pass ends every
+        sample it read has been decoded and a shard that gave none is known: it is dropped."""
+        skips, dead = SkipCounter(), set()
+        for cycle in itertools.count():
+            alive = [u for u in own or () if u not in dead]
+            if alive:
+                urls = rng.sample(alive, len(alive)) if cycle else alive
+            else:
+                pool = [u for u in self.urls if u not in dead]
+                if not pool:
+                    raise NoDataError(
+                        f"{self.cfg.shards}: no samples in a full pass over its {len(self.urls)} shards "
+                        f"({shard_names(self.urls)}): every one is empty, missing or corrupt"
+                    )
+                urls = [rng.choice(pool) for _ in pool]
+            raw = wds.tarfile_to_samples(handler=skips)({"url": u} for u in urls)
+            if self.cfg.shuffle_buffer:
+                raw = wds.filters._shuffle(
+                    raw, self.cfg.shuffle_buffer, min(self.cfg.shuffle_buffer, 100), rng=rng
+                )
+            gave: Counter = Counter()
+            for sample in raw:
+                if skip:
+                    skip -= 1  # resuming: trained on already, so not decoded again
+                else:
+                    try:
+                        decoded = decode_sample(
+                            sample, self.cfg.resolution, self.cfg.channels, self.cfg.char_boxes
+                        )
+                    except Exception as exn:  # a broken sample: counted, warned about, skipped
+                        skips(exn)
+                        continue
+                    yield decoded
+                gave[sample["__url__"]] += 1
+            barren = sorted(set(urls) - set(gave))
+            if barren:
+                dead.update(barren)
+                warnings.warn(
+                    f"{self.cfg.shards}: skipped {len(barren)} shard(s) that gave no sample in a full pass: "
+                    f"{shard_names(barren)}",
+                    stacklevel=2,
+                )
+                if own and set(barren) & set(own) and dead.issuperset(own) and len(dead) < len(self.urls):
+                    warnings.warn(
+                        f"{self.cfg.shards}: none of this worker's shards gives samples; drawing from the "
+                        "other shards so that its rank keeps its share of batches",
+                        stacklevel=2,
+                    )
 
 
 def make_dataset(cfg: LoaderConfig, tokenizer: CharTokenizer) -> tuple[ShardStream, int]:
     """The per-worker stream and the number of batches per rank per epoch."""
-    urls, counts = resolve_shards(cfg.shards)
+    shards = resolve_shards(cfg.shards)
+    counts = shards.counts
     workers = max(cfg.num_workers, 1)
     if cfg.resampled:
         total = cfg.epoch_batches or (sum(counts) // (cfg.batch_size * world_size()) if counts else None)
@@ -234,7 +382,30 @@ def make_dataset(cfg: LoaderConfig, tokenizer: CharTokenizer) -> tuple[ShardStre
         per_worker = split_batches(counts, cfg.batch_size, world_size(), cfg.num_workers)
         if cfg.epoch_batches:
             per_worker = min(per_worker, max(1, cfg.epoch_batches // workers))
-    return ShardStream(urls, cfg, tokenizer, per_worker), per_worker * workers
+    return ShardStream(shards.urls, cfg, tokenizer, per_worker), per_worker * workers
+
+
+@contextlib.contextmanager
+def sigterm_ends_wait():
+    """While the training process waits for data, SIGTERM also raises Lightning's SIGTERMException,
+    after the handler already installed (the trainer's) has run: the trainer acts on SIGTERM only
+    between steps, and a loader blocked on its data never reaches one. Where no Python handler is
+    installed (SIGTERM ends the process anyway, or is ignored on purpose) nothing changes."""
+    previous = signal.getsignal(signal.SIGTERM)
+    if not callable(previous) or threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    from lightning.pytorch.utilities.exceptions import SIGTERMException
+
+    def handler(signum, frame):
+        previous(signum, frame)
+        raise SIGTERMException
+
+    signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class StreamLoader:
@@ -243,7 +414,8 @@ class StreamLoader:
 
     `epoch_fn` tells the epoch (e.g. the trainer's); without it epochs are counted. `resume(epoch,
     batches)` makes that epoch start after the batches already trained on, for exact resumption.
-    Each batch carries `position` = (epoch, index in the epoch)."""
+    Each batch carries `position` = (epoch, index in the epoch). Raises `NoDataError` when no shard
+    gives samples any more."""
 
     def __init__(self, dataset: ShardStream, batches: int, num_workers: int, epoch_fn=None):
         self.dataset, self.batches, self.num_workers, self.epoch_fn = dataset, batches, num_workers, epoch_fn
@@ -270,10 +442,22 @@ class StreamLoader:
             num_workers=self.num_workers,
             prefetch_factor=4 if self.num_workers else None,
         )
-        for index, batch in enumerate(loader, start=skip - skip % workers):
-            if index >= skip:
-                batch["position"] = (epoch, index)
-                yield batch
+        batches = iter(loader)
+        try:
+            for index in itertools.count(skip - skip % workers):
+                with sigterm_ends_wait():
+                    batch = next(batches, None)
+                if batch is None:
+                    return
+                if "error" in batch:
+                    raise NoDataError(batch["error"])
+                if index >= skip:
+                    batch["position"] = (epoch, index)
+                    yield batch
+        finally:
+            # Stop the workers now, not when a traceback that holds this frame is collected (a
+            # late shutdown waits seconds for each worker).
+            del batches
 
 
 def make_loader(cfg: LoaderConfig, tokenizer: CharTokenizer | None = None, epoch_fn=None) -> StreamLoader:

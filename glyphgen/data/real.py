@@ -4,9 +4,10 @@ Input is a folder of images, each with an optional `name.txt` transcript beside 
 seed's format), or a JSONL manifest of `{"image": path, "text": optional}` lines. Images without a
 transcript are read by the OCR engine on the full-size original; only then is the image resized and
 cropped to the stage resolution, around the text it holds, and text that the crop cuts away is taken
-out of the transcript. Everything that can be wrong with the input (unreadable or huge images, bad
-manifest lines, paths escaping the named folder, unreadable transcripts, empty transcripts) is
-counted and skipped, never fatal.
+out of the transcript. Everything that can be wrong with one input (unreadable, huge or extremely thin
+images, bad manifest lines, paths escaping the named folder, unreadable transcripts, empty
+transcripts, OCR failures and time-outs) is counted and skipped, never fatal; a manifest that is not
+UTF-8 text is one error naming its line.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import math
 import os
 import sys
 import tarfile
@@ -34,7 +36,7 @@ from glyphgen.data.shards import (
     require_build_settings,
     resolve_workers,
 )
-from glyphgen.ocr import Ocr, OcrConfig, union
+from glyphgen.ocr import Ocr, OcrConfig, OcrError, OcrTimeout, union
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MAX_TRANSCRIPT_BYTES = 1 << 20  # a sidecar bigger than this is not a transcript
@@ -58,8 +60,15 @@ class RealConfig:
     """Worker processes; 0 means one per CPU core."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Images with more pixels than this (by their header) are skipped before decoding."""
+    max_aspect: float = 50.0
+    """Images whose long side is more than this many times their short side are skipped before any
+    OCR: the OCR reads at most 2000 px on the long side, which leaves such an image too thin to read
+    (and fails outright past ~125:1), and a stage-resolution square of it is a sliver."""
     ocr: OcrConfig = field(default_factory=OcrConfig)
     """How images without a transcript are read."""
+    ocr_time_limit: float = 20.0
+    """Seconds the OCR may spend on one image (reading it, or locating the text of a given transcript);
+    an image over it is skipped. 0: no limit. A dense 2000x2000 page can take a minute."""
     locate_text: bool = True
     """For images with a given transcript, run the OCR detector (not the recogniser) to find the text
     so the square crop keeps all of it; off: a plain centre crop, which may cut text from wide images."""
@@ -76,8 +85,19 @@ class RealConfig:
         require(self.images is None or self.manifest is None, "manifest", "give images or manifest, not both")
         require_path(self.images, "images", kind="folder")
         require_path(self.manifest, "manifest", kind="file")
+        require(
+            self.manifest is None or Path(self.manifest).expanduser().is_file(),
+            "manifest",
+            f"{self.manifest!r} is not a file (give a JSONL manifest, or a folder with --images)",
+        )
         require_build_settings(self.resolution, self.shard_size, self.workers)
         require(self.max_pixels >= 1, "max_pixels", f"must be >= 1, got {self.max_pixels}")
+        require(self.max_aspect >= 1, "max_aspect", f"must be >= 1, got {self.max_aspect}")
+        require(
+            math.isfinite(self.ocr_time_limit) and self.ocr_time_limit >= 0,
+            "ocr_time_limit",
+            f"must be a number of seconds >= 0 (0: no limit), got {self.ocr_time_limit}",
+        )
 
 
 @dataclass(frozen=True)
@@ -131,9 +151,14 @@ def _manifest_task(index: int, line: str, where: str, root: str) -> RealTask:
         entry = json.loads(line)
     except json.JSONDecodeError as e:
         return RealTask(index, source=where, error=Skipped("bad manifest line", f"{where}: {e.msg}"))
+    except RecursionError:  # [[[[...]]]] nested past Python's stack
+        return RealTask(
+            index, source=where, error=Skipped("bad manifest line", f"{where}: nested too deeply")
+        )
     image = entry.get("image") if isinstance(entry, dict) else None
     text = entry.get("text") if isinstance(entry, dict) else None
-    if not isinstance(image, str) or not image or not (text is None or isinstance(text, str)):
+    path_ok = isinstance(image, str) and image and "\0" not in image  # os calls refuse a NUL
+    if not path_ok or not (text is None or isinstance(text, str)):
         why = 'needs {"image": "path", "text": "optional transcript"}'
         return RealTask(index, source=where, error=Skipped("bad manifest line", f"{where}: {why}"))
     # Resolved and checked before anything is opened (DESIGN 6): absolute paths and ../ must not escape.
@@ -144,13 +169,22 @@ def _manifest_task(index: int, line: str, where: str, root: str) -> RealTask:
 
 
 def manifest_tasks(manifest: str | Path) -> list[RealTask]:
-    """One task per non-blank line of a JSONL manifest; bad lines become counted skips."""
+    """One task per non-blank line of a JSONL manifest; bad lines become counted skips. A file that is
+    not UTF-8 (a BOM tolerated) is no JSONL manifest at all: one `ValueError` naming the line."""
     root = os.path.dirname(os.path.abspath(manifest))
     tasks = []
-    with open(manifest, encoding="utf-8", errors="replace") as f:
-        for lineno, line in enumerate(f, start=1):
-            if line.strip():
-                tasks.append(_manifest_task(len(tasks), line, f"{manifest}:{lineno}", root))
+    try:
+        with open(manifest, "rb") as f:
+            for lineno, raw in enumerate(f, start=1):
+                where = f"{manifest}:{lineno}"
+                try:
+                    line = raw.decode("utf-8-sig" if lineno == 1 else "utf-8")
+                except UnicodeDecodeError as e:
+                    raise ValueError(f"{where}: not UTF-8 text (byte {e.start + 1} of the line)") from None
+                if line.strip():
+                    tasks.append(_manifest_task(len(tasks), line, where, root))
+    except OSError as e:
+        raise ValueError(f"{manifest}: cannot read the manifest ({e.strerror or e})") from None
     return tasks
 
 
@@ -166,10 +200,13 @@ def read_sidecar(path: str) -> str:
 # -- OCR'd transcripts and fitting to the stage resolution -------------------------------------------
 
 
-def ocr_and_fit(img: Image.Image, ocr: Ocr, resolution: int) -> tuple[Image.Image, str, dict]:
-    """OCR the full-size image, then fit it to `resolution` keeping all the text it read (so the
-    transcript matches what the model sees). Returns the image, the transcript and metadata."""
-    result = ocr.read(img)
+def ocr_and_fit(
+    img: Image.Image, ocr: Ocr, resolution: int, limit: float = 0
+) -> tuple[Image.Image, str, dict]:
+    """OCR the full-size image (in at most `limit` seconds, 0: no limit), then fit it to `resolution`
+    keeping all the text it read (so the transcript matches what the model sees). Returns the image,
+    the transcript and metadata."""
+    result = ocr.read(img, limit)
     fitted, padded = fit_square(img, resolution, keep=result.bounds)
     meta = {
         "ocr_confidence": round(result.confidence, 4),
@@ -198,18 +235,27 @@ def make_sample(task: RealTask) -> Sample | Skipped:
         img = load_image(task.path, _CFG.max_pixels)
     except BadImage as e:
         return Skipped(e.reason, f"{task.source}: {e.detail}")
+    if max(img.size) > _CFG.max_aspect * min(img.size):
+        why = f"{task.source}: {img.width}x{img.height} is over max_aspect={_CFG.max_aspect:g}:1"
+        return Skipped("extreme aspect ratio", why)
     meta = {"source": task.source, "width": img.width, "height": img.height}
-    if task.sidecar is not None or task.text is not None:
-        try:
-            text = read_sidecar(task.sidecar) if task.sidecar is not None else task.text
-        except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
-            return Skipped("unreadable transcript", f"{task.source}: {e}")
-        meta["transcript"] = "sidecar" if task.sidecar is not None else "manifest"
-        keep = union(_OCR.detect(img)) if _CFG.locate_text and text.strip() else None
-        img, meta["padded"] = fit_square(img, _CFG.resolution, keep)
-    else:
-        img, text, ocr_meta = ocr_and_fit(img, _OCR, _CFG.resolution)
-        meta.update(transcript="ocr", **ocr_meta)
+    limit = _CFG.ocr_time_limit
+    try:
+        if task.sidecar is not None or task.text is not None:
+            try:
+                text = read_sidecar(task.sidecar) if task.sidecar is not None else task.text
+            except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+                return Skipped("unreadable transcript", f"{task.source}: {e}")
+            meta["transcript"] = "sidecar" if task.sidecar is not None else "manifest"
+            keep = union(_OCR.detect(img, limit)) if _CFG.locate_text and text.strip() else None
+            img, meta["padded"] = fit_square(img, _CFG.resolution, keep)
+        else:
+            img, text, ocr_meta = ocr_and_fit(img, _OCR, _CFG.resolution, limit)
+            meta.update(transcript="ocr", **ocr_meta)
+    except OcrTimeout as e:
+        return Skipped("OCR time limit", f"{task.source}: {e}")
+    except OcrError as e:
+        return Skipped("OCR failed", f"{task.source}: {e}")
     if _CFG.skip_empty and not text.strip():
         return Skipped("empty transcript", task.source)
     return Sample(f"{task.index:08d}", to_png_bytes(img), text, meta)

@@ -5,15 +5,19 @@ samples each) and a `manifest.json`. Each sample has the members `png` (the imag
 transcript, exactly as drawn or read) and `json` (metadata).
 
 Output is all-or-nothing: shards are written into a sibling `NAME.partial-PID` folder and moved into
-place only once complete, so an interrupted build never leaves half a data set, and an existing
-folder is only replaced (never mixed with new shards) when the caller asked to overwrite it.
+place only once complete, so an interrupted build never leaves half a data set (and the next build
+removes what a killed one left). The output folder may be new or empty; a shard folder glyphgen wrote
+is replaced (never mixed with new shards) only when the caller asked to overwrite it; any other
+folder is refused, `--overwrite` or not: glyphgen never deletes a file it did not write.
 """
 
 from __future__ import annotations
 
+import glob
 import json
 import multiprocessing as mp
 import os
+import re
 import shutil
 import sys
 import time
@@ -32,6 +36,8 @@ MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-%06d.tar"
 RESOLUTIONS = (32, 64, 128, 256)
 """Image sides the shard builders write."""
+MAX_WORKERS = 256
+"""Most worker processes a build may start: a typo must not fork thousands."""
 
 
 def require_build_settings(resolution: int, shard_size: int, workers: int) -> None:
@@ -39,7 +45,7 @@ def require_build_settings(resolution: int, shard_size: int, workers: int) -> No
     sides = ", ".join(map(str, RESOLUTIONS))
     require(resolution in RESOLUTIONS, "resolution", f"must be one of {sides}, got {resolution}")
     require(shard_size >= 1, "shard_size", f"must be >= 1, got {shard_size}")
-    require(workers >= 0, "workers", f"must be >= 0, got {workers}")
+    require(0 <= workers <= MAX_WORKERS, "workers", f"must be in [0, {MAX_WORKERS}], got {workers}")
 
 
 FORMAT = "glyphgen-shards/1"
@@ -95,8 +101,57 @@ class BuildReport:
         )
 
 
-def holds_shards(folder: Path) -> bool:
-    return folder.is_dir() and ((folder / MANIFEST).exists() or any(folder.glob("*.tar")))
+SHARD_NAME = re.compile(r"shard-\d{6}\.tar")
+
+
+def foreign_entries(folder: Path) -> list[str]:
+    """Names in `folder` that a shard build does not write (anything but shards and the manifest)."""
+    return sorted(
+        p.name for p in folder.iterdir() if not (p.name == MANIFEST or SHARD_NAME.fullmatch(p.name))
+    )
+
+
+def _is_live(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's process
+        return True
+    return True
+
+
+def remove_stale_partials(out: Path) -> list[Path]:
+    """Remove the `NAME.partial-PID` / `NAME.old-PID` folders that killed builds of `out` left, where
+    PID is no longer running and the folder holds only what a build writes."""
+    removed = []
+    for path in out.parent.glob(f"{glob.escape(out.name)}.*-*"):
+        kind, _, pid = path.name[len(out.name) + 1 :].partition("-")
+        if kind not in ("partial", "old") or not pid.isdigit() or not path.is_dir() or path.is_symlink():
+            continue
+        # Our own PID's name can only be left over from an earlier process that had the same PID.
+        if (int(pid) == os.getpid() or not _is_live(int(pid))) and not foreign_entries(path):
+            shutil.rmtree(path)
+            removed.append(path)
+    return removed
+
+
+def check_output_folder(out: Path, overwrite: bool) -> None:
+    """Refuse an output folder a build may not replace: a file, a folder holding anything a shard
+    build did not write, or a shard folder when `overwrite` was not asked for. New or empty is fine."""
+    if out.is_symlink() or (out.exists() and not out.is_dir()):
+        raise ShardsExistError(f"{out}: exists and is not a folder; choose another --out")
+    if not out.exists():
+        return
+    foreign = foreign_entries(out)
+    if foreign:
+        more = f" and {len(foreign) - 3} more" if len(foreign) > 3 else ""
+        raise ShardsExistError(
+            f"{out}: holds files that are not glyphgen shards ({', '.join(foreign[:3])}{more}); "
+            "glyphgen only replaces its own shard folders: choose another --out"
+        )
+    if any(out.iterdir()) and not overwrite:
+        raise ShardsExistError(f"{out}: already holds shards; pass --overwrite to replace them")
 
 
 class ShardOutput:
@@ -107,7 +162,8 @@ class ShardOutput:
     """
 
     def __init__(self, out: str | Path, *, maxcount: int, overwrite: bool = False, manifest_extra=None):
-        self.out = Path(out)
+        # Absolute, so that "." or "x/.." name a real folder with a real name.
+        self.out = Path(os.path.abspath(out))
         self.maxcount = maxcount
         self.overwrite = overwrite
         self.manifest_extra = dict(manifest_extra or {})
@@ -118,11 +174,9 @@ class ShardOutput:
         self._counts: Counter = Counter()
 
     def __enter__(self) -> ShardOutput:
-        if holds_shards(self.out) and not self.overwrite:
-            raise ShardsExistError(f"{self.out}: already holds shards; pass --overwrite to replace them")
-        if self.out.exists() and not self.out.is_dir():
-            raise ShardsExistError(f"{self.out}: exists and is not a folder")
-        shutil.rmtree(self._tmp, ignore_errors=True)
+        check_output_folder(self.out, self.overwrite)
+        for stale in remove_stale_partials(self.out):
+            warnings.warn(f"removed {stale.name}, left by a build that was killed", stacklevel=2)
         self._tmp.mkdir(parents=True)
         # mtime=0 and fixed owner names make the tar bytes a function of the samples alone.
         self._writer = wds.ShardWriter(
@@ -150,8 +204,12 @@ class ShardOutput:
         if self.count == 0:
             shutil.rmtree(self._tmp, ignore_errors=True)
             raise ValueError(f"{self.out}: no samples were written, so no shards were made")
-        self._write_manifest()
-        self._swap_into_place()
+        try:
+            self._write_manifest()
+            self._swap_into_place()
+        except BaseException:
+            shutil.rmtree(self._tmp, ignore_errors=True)
+            raise
 
     def _write_manifest(self) -> None:
         manifest = {
@@ -167,6 +225,7 @@ class ShardOutput:
     def _swap_into_place(self) -> None:
         old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")
         if self.out.exists():
+            check_output_folder(self.out, self.overwrite)  # again: it may have changed since __enter__
             self.out.rename(old)
         self._tmp.rename(self.out)
         shutil.rmtree(old, ignore_errors=True)
@@ -181,6 +240,10 @@ def read_manifest(folder: str | Path) -> dict:
         raise FileNotFoundError(f"{path}: no shard manifest (build the shards first)") from None
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise ValueError(f"{path}: manifest is not valid JSON ({e})") from None
+    except IsADirectoryError:
+        raise ValueError(f"{path}: is a folder, not a shard manifest") from None
+    if not isinstance(manifest, dict):
+        raise ValueError(f"{path}: not a glyphgen shard manifest (a JSON {type(manifest).__name__})")
     if manifest.get("format") != FORMAT or not isinstance(manifest.get("shards"), list):
         raise ValueError(f"{path}: not a glyphgen shard manifest (format {manifest.get('format')!r})")
     return manifest

@@ -21,6 +21,7 @@ import torch
 from torch import Tensor
 
 from glyphgen.diffusion.gaussian import GaussianDiffusion, Model, randn_from
+from glyphgen.diffusion.schedule import check_guidance
 from glyphgen.text.tokenizer import BOS, EOS, NULL, PAD
 
 Progress = Callable[[int, int], None]
@@ -247,6 +248,8 @@ def sample(
     built from `model_kwargs["tokens"]` and `["mask"]`. `eta` only applies to DDIM."""
     if sampler not in SAMPLE_LOOPS:
         raise ValueError(f"unknown sampler {sampler!r} (expected one of {', '.join(SAMPLE_LOOPS)})")
+    if not check_guidance(guidance):
+        raise ValueError(f"guidance must be a finite number >= 0, got {guidance}")
     if steps is not None:
         diffusion = diffusion.respace(steps)
     model_kwargs = model_kwargs or {}

@@ -105,6 +105,16 @@ def space_timesteps(num_steps: int, spec: str) -> list[int]:
     return kept
 
 
+MAX_STEPS = 10_000
+"""Most diffusion steps a config may ask for (1000 is usual)."""
+
+
+def check_guidance(scale: float) -> bool:
+    """A usable guidance scale: finite and >= 0 (NaN would give black images, negative the opposite
+    of the prompt)."""
+    return math.isfinite(scale) and scale >= 0
+
+
 @dataclass
 class DiffusionConfig:
     steps: int = 1000
@@ -146,7 +156,8 @@ class DiffusionConfig:
     during training (Imagen noise-conditioning augmentation); 0 disables it."""
 
     def __post_init__(self):
-        require(self.steps >= 2, "steps", f"must be >= 2, got {self.steps}")
+        # The upper bound keeps a typo (or a crafted bundle) from allocating schedules of any size.
+        require(2 <= self.steps <= MAX_STEPS, "steps", f"must be in [2, {MAX_STEPS}], got {self.steps}")
         require(
             self.schedule in SCHEDULES,
             "schedule",
@@ -179,7 +190,9 @@ class DiffusionConfig:
             "sampler",
             f"must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}",
         )
-        require(self.guidance >= 0, "guidance", f"must be >= 0, got {self.guidance}")
+        require(
+            check_guidance(self.guidance), "guidance", f"must be a finite number >= 0, got {self.guidance}"
+        )
         require(
             0 <= self.guidance_rescale <= 1,
             "guidance_rescale",

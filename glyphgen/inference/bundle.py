@@ -167,9 +167,7 @@ def load_bundle(
     state = load_weights(path / WEIGHTS)
     with torch.device("meta"):  # no random init: every tensor comes from the file
         model = UNet(cfg.model)
-    check_tensors(
-        {k: v.shape for k, v in model.state_dict().items()}, {k: v.shape for k, v in state.items()}, path
-    )
+    check_tensors(model.state_dict(), state, path / WEIGHTS)
     model.load_state_dict(state, assign=True)
     model = model.to(device=device, dtype=dtype).eval().requires_grad_(False)
     return Bundle(model, create_diffusion(cfg.diffusion), CharTokenizer(cfg.tokenizer), cfg, path)

@@ -7,12 +7,15 @@ network's state dict, keys as in `UNet.state_dict()`. Never pickle: safetensors 
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
+from omegaconf import OmegaConf
 
-from glyphgen.config import load_config, require, save_config
+from glyphgen.config import ConfigError, load_config, require, save_config
 from glyphgen.diffusion import DiffusionConfig
 from glyphgen.models.unet import UNetConfig
 from glyphgen.text.alphabet import SPECIALS
@@ -62,7 +65,8 @@ def write_config(cfg: BundleConfig, folder: Path) -> None:
 
 
 def read_config(folder: Path) -> BundleConfig:
-    """The bundle's config; one-line errors for a missing folder or file or a bad value."""
+    """The bundle's config; one-line errors for a missing folder or file, an interpolation or a bad
+    value."""
     if not folder.is_dir():
         raise FileNotFoundError(f"{folder}: bundle folder not found")
     path = folder / CONFIG
@@ -70,25 +74,67 @@ def read_config(folder: Path) -> BundleConfig:
         raise FileNotFoundError(
             f"{folder}: no {CONFIG}, not a glyphgen bundle (make one with glyphgen export)"
         )
+    try:
+        raw = OmegaConf.to_container(OmegaConf.load(path), resolve=False)
+    except Exception as e:  # YAML errors, refused tags, alias bombs, a malformed ${: never a traceback
+        raise ConfigError(f"{path}: not valid YAML ({str(e).splitlines()[0]})") from None
+    refuse_interpolations(raw, path)
     return load_config(BundleConfig, [path])
 
 
+def refuse_interpolations(node: Any, where: str | Path, key: str = "") -> None:
+    """Stored configs (a bundle's config.yaml, a checkpoint's hyperparameters) are data: refuse, in one
+    line naming `where` and the key, any `${...}` that OmegaConf would resolve (`oc.env` reads the
+    environment, `oc.decode` parses it). The value is never shown: it may be what it would leak."""
+    if isinstance(node, str):
+        if "${" in node:
+            raise ConfigError(
+                f"{where}: {key or 'value'}: holds an interpolation (${{...}}); a stored config is data, "
+                "never resolved"
+            )
+    elif isinstance(node, Mapping):
+        for k, v in node.items():
+            name = f"{key}.{k}" if key else str(k)
+            refuse_interpolations(str(k), where, name)
+            refuse_interpolations(v, where, name)
+    elif isinstance(node, (list, tuple)):
+        for i, v in enumerate(node):
+            refuse_interpolations(v, where, f"{key}[{i}]")
+
+
 def check_tensors(
-    expected: dict[str, torch.Size], found: dict[str, torch.Size], where: Path, shown: int = 3
+    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], where: Path, shown: int = 3
 ) -> None:
     """Raise a one-line ValueError naming the first few keys when the stored tensors do not fit the
-    network `config.yaml` describes (missing, unexpected, or of another shape)."""
+    network `config.yaml` describes (missing, unexpected, of another shape, or of a dtype the
+    network cannot take), or naming the first tensor holding NaN or inf (it would sample black images).
+    `expected` may be meta tensors: only their shapes and dtypes are read."""
+    common = sorted(expected.keys() & found.keys())
     problems = []
-    for label, keys in (
-        ("missing", sorted(expected.keys() - found.keys())),
-        ("unexpected", sorted(found.keys() - expected.keys())),
+    for label, keys, show in (
+        ("missing tensors", sorted(expected.keys() - found.keys()), str),
+        ("unexpected tensors", sorted(found.keys() - expected.keys()), str),
+        (
+            "tensors of another shape (stored vs config)",
+            [k for k in common if expected[k].shape != found[k].shape],
+            lambda k: f"{k} {tuple(found[k].shape)} vs {tuple(expected[k].shape)}",
+        ),
+        (
+            f"tensors of a dtype the network cannot take (weights are {', '.join(DTYPES)})",
+            [k for k in common if not _holds(expected[k].dtype, found[k].dtype)],
+            lambda k: f"{k} {str(found[k].dtype).removeprefix('torch.')}",
+        ),
     ):
         if keys:
             more = f" (+{len(keys) - shown} more)" if len(keys) > shown else ""
-            problems.append(f"{len(keys)} {label} tensors: {', '.join(keys[:shown])}{more}")
-    mismatched = [k for k in sorted(expected.keys() & found.keys()) if expected[k] != found[k]]
-    if mismatched:
-        detail = ", ".join(f"{k} {tuple(found[k])} vs {tuple(expected[k])}" for k in mismatched[:shown])
-        problems.append(f"{len(mismatched)} tensors of another shape (stored vs config): {detail}")
+            problems.append(f"{len(keys)} {label}: {', '.join(map(show, keys[:shown]))}{more}")
     if problems:
         raise ValueError(f"{where}: weights do not match {CONFIG}: {'; '.join(problems)}")
+    for k in common:
+        if found[k].is_floating_point() and not torch.isfinite(found[k]).all():
+            raise ValueError(f"{where}: tensor {k} holds NaN or infinite values; the weights are broken")
+
+
+def _holds(expected: torch.dtype, stored: torch.dtype) -> bool:
+    """Floating weights may be stored in any bundle dtype (they are cast on load); others must match."""
+    return stored in DTYPES.values() if expected.is_floating_point else stored == expected

@@ -99,6 +99,9 @@ class WeaveAttention(nn.Module):
         self.t2i_q = nn.Linear(channels, channels)
         self.t2i_kv = nn.Linear(text_dim, 2 * channels)
         self.t2i_out = zero_module(nn.Linear(channels, channels))
+        self.record: list[torch.Tensor] | None = None
+        """When a list, each forward appends its image-to-text attention weights [B, L, H*W] (mean
+        over heads); see `glyphgen.models.localisation`."""
 
     def forward(self, x: torch.Tensor, emb: torch.Tensor, text: torch.Tensor, text_mask: torch.Tensor):
         b, c, h, w = x.shape
@@ -108,7 +111,13 @@ class WeaveAttention(nn.Module):
 
         q = split_heads(self.i2t_q(self.i2t_norm(text)), self.heads)
         k, v = (split_heads(t, self.heads) for t in self.i2t_kv(image).chunk(2, dim=-1))
-        text = text + self.i2t_out(merge_heads(F.scaled_dot_product_attention(q, k, v)))
+        if self.record is None:
+            attended = F.scaled_dot_product_attention(q, k, v)
+        else:  # the same attention, with its weights kept: where each text token looks in the image
+            weights = (q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5).softmax(dim=-1)
+            self.record.append(weights.mean(dim=1))
+            attended = weights @ v
+        text = text + self.i2t_out(merge_heads(attended))
 
         text = text + self.ff(self.ff_norm(text))
 

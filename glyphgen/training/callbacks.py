@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image, ImageDraw
 
+from glyphgen.data.loader import NoDataError
 from glyphgen.data.preview import save_grid
 
 
@@ -79,7 +80,9 @@ class SampleGrid(L.Callback):
 class PreemptionCheckpoint(L.Callback):
     """Save `last.ckpt` on preemption: on SIGUSR1 (installed here unless something else owns it)
     after the current step, then stop; on SIGTERM when Lightning's handler ends the run (it raises
-    SIGTERMException at the next step, and every callback sees it in `on_exception`)."""
+    SIGTERMException at the next step, or at once while the loader waits for data, and every
+    callback sees it in `on_exception`). Also when the data runs out mid-run (`NoDataError`: every
+    shard gone or broken), so the steps trained so far are kept."""
 
     def __init__(self, path: Path):
         self.path = Path(path)
@@ -100,7 +103,10 @@ class PreemptionCheckpoint(L.Callback):
             trainer.should_stop = True
 
     def on_exception(self, trainer, pl_module, exception: BaseException) -> None:
-        if isinstance(exception, SIGTERMException):
+        # Data that ran out before the first step leaves nothing worth keeping.
+        if isinstance(exception, SIGTERMException) or (
+            isinstance(exception, NoDataError) and trainer.global_step > 0
+        ):
             self._save(trainer)
 
     def _save(self, trainer) -> None:

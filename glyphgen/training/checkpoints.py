@@ -1,5 +1,5 @@
-"""The atomic checkpoint writer; reading checkpoints lives in the Lightning-free `glyphgen.checkpoint_io`
-(re-exported here for the training code)."""
+"""The checkpoint IO Lightning trains with: atomic writes, and reads through the weights-only
+`glyphgen.checkpoint_io` reader (re-exported here for the training code)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ from pathlib import Path
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from glyphgen.checkpoint_io import ema_state, read_checkpoint
+from glyphgen.checkpoint_io import ema_state, load_weights_only, read_checkpoint
 
 __all__ = ["AtomicCheckpointIO", "ema_state", "read_checkpoint"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Writes to a temporary file and renames it into place, so a crash mid-write never leaves a
-    broken checkpoint (in particular `last.ckpt`) behind."""
+    broken checkpoint (in particular `last.ckpt`) behind. Reads (a resume) are weights-only whatever
+    Lightning asks for or the environment says: a checkpoint is data, never code."""
 
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
@@ -27,3 +28,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             os.replace(tmp, path)
         finally:
             tmp.unlink(missing_ok=True)
+
+    def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
+        """The checkpoint at `path`, on the CPU (Lightning moves it where it belongs). Not only stage
+        checkpoints come here: ddp_spawn hands its weights back to the main process in a file."""
+        return load_weights_only(path)

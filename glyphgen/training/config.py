@@ -135,12 +135,17 @@ class StageConfig:
     """Lightning trainer settings."""
     sample: SampleConfig = field(default_factory=SampleConfig)
     """Periodic sample grids and OCR metrics."""
+    localisation: float = 0.0
+    """Weight of the character localisation loss (0: off): each character token's image-to-text
+    attention in the weave layers is pulled onto its ink box. Needs weave attention and shards that
+    store `char_boxes` (synthetic ones do); samples without boxes add nothing."""
     init_from: str | None = None
     """Checkpoint to warm-start from (weights only; set by the pipeline for stages 2 and 3)."""
     init_model_size: str | None = None
     """Model size of `init_from` when it differs (superres: the base it is sandwiched from)."""
 
     def __post_init__(self):
+        require(self.localisation >= 0, "localisation", f"must be >= 0, got {self.localisation}")
         require(self.stage in STAGES, "stage", f"must be one of {', '.join(STAGES)}, got {self.stage!r}")
         require(
             self.model_size in MODELS,

@@ -12,6 +12,7 @@ the host can queue the next kernels while the device works.
 
 from __future__ import annotations
 
+import contextlib
 import copy
 import dataclasses
 
@@ -21,6 +22,7 @@ import torch
 from glyphgen.config import load_config, to_dict
 from glyphgen.data.loader import LoaderConfig, make_loader
 from glyphgen.diffusion import create_diffusion, drop_text, randn_from, sample
+from glyphgen.models.localisation import localisation_loss, recording_attention
 from glyphgen.models.registry import sized_model_config
 from glyphgen.models.unet import UNet, UNetConfig
 from glyphgen.text.tokenizer import CharTokenizer, TokenizerConfig
@@ -66,6 +68,11 @@ class DiffusionCore(L.LightningModule):
         self.model_cfg = build_model_config(self.cfg)
         torch.manual_seed(self.cfg.trainer.seed)
         self.model = UNet(self.model_cfg)
+        if self.cfg.localisation > 0 and self.model_cfg.text_attention != "weave":
+            raise ValueError(
+                f"localisation: needs model.text_attention weave (the loss reads the weave layers' "
+                f"attention), got {self.model_cfg.text_attention!r}"
+            )
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.diffusion = create_diffusion(self.cfg.diffusion)
         self.tokenizer = CharTokenizer(TokenizerConfig(max_length=self.model_cfg.text.max_length))
@@ -87,7 +94,11 @@ class DiffusionCore(L.LightningModule):
         object.__setattr__(self, "_net", net)
 
     def loader_config(self) -> LoaderConfig:
-        return dataclasses.replace(self.cfg.data, resolution=self.model_cfg.resolution)
+        return dataclasses.replace(
+            self.cfg.data,
+            resolution=self.model_cfg.resolution,
+            char_boxes=self.cfg.data.char_boxes or self.cfg.localisation > 0,
+        )
 
     def train_dataloader(self):
         self._loader = make_loader(
@@ -130,15 +141,29 @@ class DiffusionCore(L.LightningModule):
         tokens, mask = drop_text(batch["tokens"], batch["mask"], self.cfg.diffusion.p_uncond, g)
         t = self.diffusion.sample_t(x0.shape[0], x0.device, g)
         noise = randn_from(x0.shape, g, x0.device, x0.dtype)
-        terms = self.diffusion.training_losses(
-            self._net, x0, t, {"tokens": tokens, "mask": mask, **kwargs}, noise=noise
-        )
+        localise = self.cfg.localisation > 0 and "boxes" in batch
+        with recording_attention(self.model) if localise else contextlib.nullcontext() as maps:
+            terms = self.diffusion.training_losses(
+                self._net, x0, t, {"tokens": tokens, "mask": mask, **kwargs}, noise=noise
+            )
+        if localise:
+            terms["localisation"] = localisation_loss(maps, self._kept_boxes(batch, tokens))
+            terms["loss"] = terms["loss"] + self.cfg.localisation * terms["localisation"]
         loss = terms["loss"].mean()
         self.data_position = batch.get("position")
         if self._non_finite(loss, batch_idx, batch):
             return None  # nan_policy=skip: no optimizer step for this batch, on every rank
         self._log_terms(terms, t, loss, x0.shape[0])
         return loss
+
+    @staticmethod
+    def _kept_boxes(batch: dict, tokens: torch.Tensor) -> torch.Tensor:
+        """The batch's character boxes, padded to the trained tokens' length, zeroed where the
+        transcript was dropped for guidance (the null text has no characters)."""
+        boxes, length = batch["boxes"], batch["tokens"].shape[1]
+        kept = (tokens[:, :length] == batch["tokens"]).all(dim=1)
+        boxes = torch.nn.functional.pad(boxes, (0, 0, 0, tokens.shape[1] - length))
+        return boxes * kept[:, None, None]
 
     def _non_finite(self, loss: torch.Tensor, batch_idx: int, batch: dict) -> bool:
         bad = (~torch.isfinite(loss.detach())).float()
@@ -165,6 +190,8 @@ class DiffusionCore(L.LightningModule):
         self.log("train/loss", loss, prog_bar=True, batch_size=batch)
         self.log("train/mse", terms["mse"].mean(), batch_size=batch)
         self.log("train/vlb", terms["vlb"].mean(), batch_size=batch)
+        if "localisation" in terms:
+            self.log("train/localisation", terms["localisation"].mean(), batch_size=batch)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self._log_quartiles(terms["loss"].detach(), t)
 
@@ -209,6 +236,9 @@ class DiffusionCore(L.LightningModule):
         for key in [k for k in state if k.startswith("_net.")]:
             del state[key]
         position = checkpoint.get("glyphgen", {}).get("data_position")
+        valid = isinstance(position, list | tuple) and len(position) == 2
+        if position is not None and not (valid and all(type(v) is int and v >= 0 for v in position)):
+            raise ValueError(f"glyphgen.data_position: expected [epoch, index], got {position!r:.60}")
         self.data_position = tuple(position) if position is not None else None
 
     def warm_start_state(self, path: str) -> dict[str, torch.Tensor]:

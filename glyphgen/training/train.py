@@ -9,6 +9,7 @@ A folder with `complete.json` is skipped; one with `checkpoints/last.ckpt` is re
 from __future__ import annotations
 
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -19,8 +20,9 @@ from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from glyphgen.config import save_config, to_dict
+from glyphgen.inference.format import check_tensors
 from glyphgen.training.callbacks import LossCurve, PreemptionCheckpoint, SampleGrid, StageComplete
-from glyphgen.training.checkpoints import AtomicCheckpointIO
+from glyphgen.training.checkpoints import AtomicCheckpointIO, read_checkpoint
 from glyphgen.training.config import StageConfig
 from glyphgen.training.core import DiffusionCore
 from glyphgen.training.stages import STAGE_CLASSES
@@ -93,19 +95,45 @@ def build_trainer(cfg: StageConfig, run_dir: Path, module: DiffusionCore) -> L.T
     )
 
 
+def _check_resumable(last: Path, module: DiffusionCore) -> None:
+    """One line for a last.ckpt that Lightning could not resume `module` from (unreadable, foreign,
+    incomplete, or of another network), before the run folder changes; Lightning's own errors are
+    tracebacks."""
+    ckpt = read_checkpoint(last)
+    missing = [
+        key for key in ("pytorch-lightning_version", "optimizer_states", "lr_schedulers") if key not in ckpt
+    ]
+    if missing:
+        raise ValueError(f"{last}: not a checkpoint a run can resume from (no {', '.join(missing)})")
+    module.on_load_checkpoint(ckpt)  # what Lightning does to the checkpoint before loading its weights
+    check_tensors(module.state_dict(), ckpt["state_dict"], last)
+
+
+def _write_atomically(cfg: StageConfig, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        save_config(cfg, tmp)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def train_stage(cfg: StageConfig, run_dir: str | Path) -> Path:
     """Train (or resume, or skip) one stage; returns the path of its final checkpoint."""
     run_dir = Path(run_dir)
     if is_complete(run_dir):
         log.info("%s: complete, skipped", run_dir)
         return final_checkpoint(run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    save_config(cfg, run_dir / "config.yaml")
-    module = STAGE_CLASSES[cfg.stage](to_dict(cfg))
     last = run_dir / "checkpoints" / "last.ckpt"
     resume = last.is_file()
-    if cfg.init_from and not resume:
+    module = STAGE_CLASSES[cfg.stage](to_dict(cfg))
+    if resume:
+        _check_resumable(last, module)
+    elif cfg.init_from:
         print(module.warm_start(cfg.init_from))
+    # Only now, with the resume or warm start readable, may the run's record of its config change.
+    run_dir.mkdir(parents=True, exist_ok=True)
+    _write_atomically(cfg, run_dir / "config.yaml")
     trainer = build_trainer(cfg, run_dir, module)
     with warnings.catch_warnings():
         # Expected here: an iterable data stream has no sampler to replace, and logs append on resume.
