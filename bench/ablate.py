@@ -32,6 +32,16 @@ VARIANTS: dict[str, list[str]] = {
         "diffusion.loss_weighting=min_snr",
         "diffusion.zero_terminal_snr=true",
     ],
+    "v + min-SNR + localisation": [
+        "diffusion.parameterization=v",
+        "diffusion.loss_weighting=min_snr",
+        "localisation=0.01",
+    ],
+    "v + min-SNR + localisation 0.1": [
+        "diffusion.parameterization=v",
+        "diffusion.loss_weighting=min_snr",
+        "localisation=0.1",
+    ],
 }
 SAMPLERS = [("ddim", "ddim25"), ("dpmpp2m", "ddim25"), ("ddpm", "100")]
 """(sampler, steps) each bundle is scored with."""
@@ -64,7 +74,7 @@ def score(args, variant: str, run: Path) -> dict:
     complete = json.loads(next(run.glob("*/complete.json")).read_text())
     rows = []
     for sampler, steps in SAMPLERS:
-        report = bundle.evaluate(prompts, args.n, 0, steps, sampler, None, args.batch_size)
+        report = bundle.evaluate(prompts, args.n, steps=steps, sampler=sampler, batch_size=args.batch_size)
         out = run / "eval" / f"{sampler}-{steps}"
         report.save(out)
         m = report.metrics

@@ -11,6 +11,7 @@ _LAZY = {
     "export_bundle": "glyphgen.inference.export",
     "rerank": "glyphgen.inference.rerank",
     "RerankConfig": "glyphgen.inference.rerank",
+    "SamplingOptions": "glyphgen.diffusion.options",
 }
 
 

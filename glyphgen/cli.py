@@ -147,6 +147,19 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+SAMPLING_OPTIONS = [
+    "steps",
+    "sampler",
+    "guidance",
+    "guidance_rescale",
+    "threshold",
+    "eta",
+    "seed",
+    "batch_size",
+]
+"""The `SamplingOptions` fields every sampling verb takes as options."""
+
+
 def _sampling_args(p: argparse.ArgumentParser, n: int) -> None:
     p.add_argument("--n", type=int, default=n, help=f"images per prompt (default {n})")
     p.add_argument("--seed", type=int, default=0, help="same seed, n and batch size: same images")
@@ -155,8 +168,21 @@ def _sampling_args(p: argparse.ArgumentParser, n: int) -> None:
     )
     p.add_argument("--sampler", choices=SAMPLERS, help="default: the bundle's")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the bundle's)")
+    p.add_argument("--guidance-rescale", type=float, help="CFG rescale phi in [0, 1] (default: the bundle's)")
+    p.add_argument(
+        "--threshold",
+        type=float,
+        help="0: clip x0 to [-1, 1]; a quantile such as 0.995: dynamic thresholding",
+    )
+    p.add_argument("--eta", type=float, help="DDIM stochasticity, 0 deterministic (default: the bundle's)")
     p.add_argument("--device", choices=["cpu", "cuda"], help="default: cuda when available")
     p.add_argument("--batch-size", type=int, default=8, help="images sampled at once")
+
+
+def _options(args: argparse.Namespace):
+    from glyphgen.diffusion.options import SamplingOptions
+
+    return load_config(SamplingOptions, values=_values(args, SAMPLING_OPTIONS))
 
 
 def _values(args: argparse.Namespace, names: list[str]) -> dict:
@@ -295,37 +321,20 @@ def cmd_sample(args) -> None:
     text = unescape_newlines(args.text)
     paths = sample_paths(Path(args.out), args.n, args.rerank)
     refuse_existing(paths, args.overwrite)
+    options = _options(args)
     base, superres = _bundles(args.base, args.superres, args.device)
     check_prompts([text], base.tokenizer)  # before any model runs: a typo costs nothing
-    common = dict(n=args.n, seed=args.seed, steps=args.steps, sampler=args.sampler, guidance=args.guidance)
     with _Bars() as progress:
+        common = dict(n=args.n, options=options, sr_guidance=args.sr_guidance, progress=progress)
         if args.rerank:
             from glyphgen.inference.rerank import RerankConfig, rerank
 
-            options = {"high": args.rerank_high, "low": args.rerank_low, "max_keep": args.rerank_keep}
-            cfg = load_config(RerankConfig, values=options)
-            result = rerank(
-                text,
-                base,
-                superres,
-                **common,
-                sr_guidance=args.sr_guidance,
-                batch_size=args.batch_size,
-                config=cfg,
-                progress=progress,
-            )
+            limits = {"high": args.rerank_high, "low": args.rerank_low, "max_keep": args.rerank_keep}
+            result = rerank(text, base, superres, config=load_config(RerankConfig, values=limits), **common)
             for path in result.save(paths[0]):
                 print(path)
             return
-        images = cascade(
-            base,
-            superres,
-            [text],
-            **common,
-            sr_guidance=args.sr_guidance,
-            batch_size=args.batch_size,
-            progress=progress,
-        )
+        images = cascade(base, superres, [text], **common)
     for picture, path in zip(to_pil(images), paths, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         picture.save(path)
@@ -336,23 +345,14 @@ def cmd_evaluate(args) -> None:
     from glyphgen.eval.prompts import prompt_file, read_prompts
 
     prompts = read_prompts(args.prompts)
+    options = _options(args)
     base, superres = _bundles(args.bundle, args.superres, args.device)
     out = (
         args.out
         or Path("runs") / "eval" / f"{Path(args.bundle).resolve().name}-{prompt_file(args.prompts).stem}"
     )
     with _Bars() as progress:
-        report = base.evaluate(
-            prompts,
-            args.n,
-            args.seed,
-            args.steps,
-            args.sampler,
-            args.guidance,
-            args.batch_size,
-            superres=superres,
-            progress=progress,
-        )
+        report = base.evaluate(prompts, args.n, options, superres=superres, progress=progress)
     for path in report.save(out):
         print(path)
     print(report.summary())
@@ -361,9 +361,8 @@ def cmd_evaluate(args) -> None:
 def cmd_quality(args) -> None:
     from glyphgen.eval.quality import QualityConfig, run_quality
 
-    names = ["pipeline", "name", "budget", "prompt_sets", "max_prompts", "n", "seed", "steps", "sampler"]
-    names += ["guidance", "batch_size", "device", "overrides"]
-    cfg = load_config(QualityConfig, values=_values(args, names))
+    names = ["pipeline", "name", "budget", "prompt_sets", "max_prompts", "n", "device", "overrides"]
+    cfg = load_config(QualityConfig, values=_values(args, names + SAMPLING_OPTIONS))
     print(run_quality(cfg)["report"])
 
 

@@ -13,6 +13,7 @@ from conftest import one_line_error
 from PIL import Image
 
 from glyphgen.cli import main
+from glyphgen.diffusion import SamplingOptions
 from glyphgen.eval.metrics import trigram_similarity, trigrams
 from glyphgen.eval.prompts import unescape_newlines
 from glyphgen.inference import RerankConfig, cascade, export_bundle, load_bundle, prune
@@ -82,7 +83,7 @@ def test_pruning_can_cap_the_survivors():
 
 def test_cascade_has_the_superres_resolution(bundles):
     base, sr = load_bundle(bundles["base"], "cpu"), load_bundle(bundles["superres"], "cpu")
-    images = cascade(base, sr, ["hi", "ok"], n=2, seed=1, steps="2", batch_size=3)
+    images = cascade(base, sr, ["hi", "ok"], n=2, options=SamplingOptions(seed=1, steps="2", batch_size=3))
     assert images.shape == (4, 3, 64, 64)
     low = base.sample(["hi", "ok"], n=2, seed=1, steps="2", batch_size=3)
     assert low.shape == (4, 3, 32, 32)

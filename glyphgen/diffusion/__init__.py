@@ -13,6 +13,7 @@ from glyphgen.diffusion.gaussian import (
     normal_kl,
     randn_from,
 )
+from glyphgen.diffusion.options import SamplingOptions, sampling_fields, with_options
 from glyphgen.diffusion.parameterization import (
     PARAMETERIZATIONS,
     WEIGHTINGS,
@@ -45,6 +46,7 @@ from glyphgen.diffusion.schedule import (
 __all__ = [
     "PARAMETERIZATIONS",
     "SAMPLE_LOOPS",
+    "SamplingOptions",
     "WEIGHTINGS",
     "Parameterization",
     "dpm_solver_pp_2m_loop",
@@ -72,5 +74,7 @@ __all__ = [
     "pad_tokens",
     "randn_from",
     "sample",
+    "sampling_fields",
     "space_timesteps",
+    "with_options",
 ]

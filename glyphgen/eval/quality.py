@@ -9,6 +9,7 @@ grids are. Run it again and finished stages are skipped, so only the evaluation 
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import platform
 import re
@@ -21,6 +22,7 @@ from pathlib import Path
 from typing import Any
 
 from glyphgen.config import load_config, require, to_dict
+from glyphgen.diffusion.options import SamplingOptions, with_options
 
 _UNITS = {"d": 86400, "h": 3600, "m": 60, "s": 1}
 
@@ -48,7 +50,7 @@ def max_time(budget: timedelta) -> str:
 
 
 @dataclass
-class QualityConfig:
+class QualityConfig(SamplingOptions):
     pipeline: str = "pipelines/quality-gpu.yaml"
     """The pipeline to train; its last stage's model is exported and evaluated."""
     name: str | None = None
@@ -63,20 +65,13 @@ class QualityConfig:
     """Evaluate only the first this many prompts of each set (None: all)."""
     n: int = 4
     """Samples per prompt."""
-    steps: str | None = None
-    """Sampling steps (respacing); default: the bundle's."""
-    sampler: str | None = None
-    """"ddim" or "ddpm"; default: the bundle's."""
-    guidance: float | None = None
-    """Classifier-free guidance scale; default: the bundle's."""
     batch_size: int = 64
     """Images sampled at once."""
-    seed: int = 0
-    """Sampling seed."""
     device: str | None = None
     """"cpu" or "cuda" for the evaluation (default: cuda when available)."""
 
     def __post_init__(self):
+        super().__post_init__()
         try:
             parse_budget(self.budget)
         except ValueError as e:
@@ -84,7 +79,6 @@ class QualityConfig:
         require(bool(self.prompt_sets), "prompt_sets", "names no prompt set")
         require(self.max_prompts is None or self.max_prompts > 0, "max_prompts", "must be > 0")
         require(self.n > 0, "n", f"must be > 0, got {self.n}")
-        require(self.batch_size > 0, "batch_size", f"must be > 0, got {self.batch_size}")
 
 
 def stage_throughput(run_dir: Path) -> dict[str, Any]:
@@ -144,9 +138,7 @@ def run_quality(cfg: QualityConfig, command: str | None = None) -> dict[str, Any
     bundle = load_bundle(bundle_dir, cfg.device)
     evaluations = {}
     for name, prompts in prompt_sets.items():
-        report = bundle.evaluate(
-            prompts, cfg.n, cfg.seed, cfg.steps, cfg.sampler, cfg.guidance, cfg.batch_size
-        )
+        report = bundle.evaluate(prompts, cfg.n, with_options(cfg))
         json_path, grid = report.save(run / "eval" / name)
         print(f"[quality] {name}: {report.summary()}")
         evaluations[name] = {
@@ -167,7 +159,7 @@ def run_quality(cfg: QualityConfig, command: str | None = None) -> dict[str, Any
         "total_seconds": round(time.perf_counter() - start, 1),
         "stages": stages,
         "bundle": str(bundle_dir),
-        "sampling": bundle.settings(cfg.steps, cfg.sampler, cfg.guidance),
+        "sampling": dataclasses.asdict(bundle.options(with_options(cfg))),
         "evaluations": evaluations,
         "report": str(run / "quality.md"),
     }

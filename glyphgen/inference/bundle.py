@@ -2,6 +2,7 @@
 
     bundle = glyphgen.load_bundle("runs/tiny/bundles/base")      # glyphgen export wrote it
     images = bundle.sample(["hello\\nworld"], n=4, seed=0)          # uint8 [4, 3, 32, 32]
+    images = bundle.sample(["hi"], n=2, options=SamplingOptions(steps="ddim25", guidance=2))
     report = bundle.evaluate(read_prompts("words"), n=2)       # from glyphgen.eval.prompts
     best = glyphgen.rerank("hello", bundle, superres_bundle, n=8)  # OCR rejection sampling
 
@@ -12,6 +13,7 @@ under autocast, so the diffusion arithmetic around it stays in float32.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from glyphgen.diffusion import GaussianDiffusion, Progress, create_diffusion
+from glyphgen.diffusion import GaussianDiffusion, Progress, SamplingOptions, create_diffusion, with_options
 from glyphgen.inference.format import DTYPES, WEIGHTS, BundleConfig, check_tensors, read_config
 from glyphgen.inference.sample import ImagesIn, generate, to_pil, to_uint8
 from glyphgen.models.unet import UNet
@@ -58,16 +60,10 @@ class Bundle:
     def resolution(self) -> int:
         return self.config.model.resolution
 
-    def settings(
-        self, steps: str | None = None, sampler: str | None = None, guidance: float | None = None
-    ) -> dict[str, str | float]:
-        """Sampling settings with the bundle's defaults (its diffusion config) for those not given."""
-        d = self.config.diffusion
-        return {
-            "steps": steps or d.sample_steps,
-            "sampler": sampler or d.sampler,
-            "guidance": d.guidance if guidance is None else guidance,
-        }
+    def options(self, options: SamplingOptions | None = None, **changes) -> SamplingOptions:
+        """`options` with `changes` applied (those not None) and every unset field taken from the
+        bundle's diffusion config: the settings a sample is actually drawn with."""
+        return with_options(options, **changes).resolve(self.config.diffusion)
 
     def net(self, x: torch.Tensor, t: torch.Tensor, **kwargs) -> torch.Tensor:
         """The network as the samplers call it: float32 in and out whatever dtype it is held in."""
@@ -80,21 +76,19 @@ class Bundle:
         self,
         texts: str | Sequence[str],
         n: int = 1,
-        seed: int = 0,
-        steps: str | None = None,
-        sampler: str | None = None,
-        guidance: float | None = None,
-        batch_size: int = 8,
+        options: SamplingOptions | None = None,
         low_res: ImagesIn | None = None,
         as_pil: bool = False,
         progress: Progress | None = None,
+        **changes,
     ) -> torch.Tensor | list[Image.Image]:
-        """`n` images per prompt (prompt by prompt), as uint8 [N, C, H, W] or PIL images.
-        `steps` ("50", "ddim25", ...), `sampler` ("ddim" | "ddpm") and `guidance` default to the
-        bundle's diffusion config. A superres bundle needs `low_res`: one base image per output."""
+        """`n` images per prompt (prompt by prompt), as uint8 [N, C, H, W] or PIL images, drawn with
+        `options` (unset fields: the bundle's diffusion config); keyword `changes` such as `seed=3`
+        or `steps="ddim25"` override single fields. A superres bundle needs `low_res`: one base
+        image per output."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         with torch.no_grad():
-            x = generate(self, texts, n, seed, steps, sampler, guidance, batch_size, low_res, progress)
+            x = generate(self, texts, n, self.options(options, **changes), low_res, progress)
         images = to_uint8(x)
         return to_pil(images) if as_pil else images
 
@@ -102,34 +96,30 @@ class Bundle:
         self,
         prompts: Sequence[str],
         n: int = 2,
-        seed: int = 0,
-        steps: str | None = None,
-        sampler: str | None = None,
-        guidance: float | None = None,
-        batch_size: int = 8,
+        options: SamplingOptions | None = None,
         superres: Bundle | None = None,
+        sr_guidance: float | None = None,
         ocr: Ocr | None = None,
         progress: Callable[[str], Progress | None] | None = None,
+        **changes,
     ) -> EvalReport:
-        """Sample `n` images per prompt (through `superres` too, if given), read them with the OCR
-        and score them against the prompts; see `glyphgen.eval.evaluate`. `progress(stage name)`
-        may return a step callback for that stage, as in `cascade`."""
+        """Sample `n` images per prompt (through `superres` too, if given, with its own guidance
+        `sr_guidance`), read them with the OCR and score them against the prompts; see
+        `glyphgen.eval.evaluate`. `progress(stage name)` may return a step callback for that stage,
+        as in `cascade`."""
         from glyphgen.eval.evaluate import evaluate
         from glyphgen.inference.sample import cascade
 
+        options = with_options(options, **changes)
+
         def draw(texts: list[str], k: int) -> list[Image.Image]:
-            images = cascade(
-                self, superres, texts, k, seed, steps, sampler, guidance, None, batch_size, progress
-            )
-            return to_pil(images)
+            return to_pil(cascade(self, superres, texts, k, options, sr_guidance, progress))
 
         settings = {
             "bundle": self.name,
             "superres": superres.name if superres is not None else None,
             "n": n,
-            "seed": seed,
-            **self.settings(steps, sampler, guidance),
-            "batch_size": batch_size,
+            **dataclasses.asdict(self.options(options)),
             "device": str(self.device),
         }
         return evaluate(draw, list(prompts), n, ocr=ocr, settings=settings)

@@ -20,10 +20,10 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from glyphgen.config import require
-from glyphgen.diffusion import Progress
+from glyphgen.diffusion import Progress, SamplingOptions
 from glyphgen.eval.metrics import normalize_text, trigram_similarity
 from glyphgen.inference.bundle import Bundle
-from glyphgen.inference.sample import check_cascade, check_prompts, to_pil
+from glyphgen.inference.sample import check_cascade, check_prompts, superres_options, to_pil
 
 if TYPE_CHECKING:
     from glyphgen.ocr import Ocr
@@ -103,12 +103,8 @@ def rerank(
     base: Bundle,
     superres: Bundle | None = None,
     n: int = 8,
-    seed: int = 0,
-    steps: str | None = None,
-    sampler: str | None = None,
-    guidance: float | None = None,
+    options: SamplingOptions | None = None,
     sr_guidance: float | None = None,
-    batch_size: int = 8,
     config: RerankConfig | None = None,
     ocr: Ocr | None = None,
     progress: Callable[[str], Progress | None] | None = None,
@@ -123,22 +119,16 @@ def rerank(
 
         ocr = Ocr()
     bar = progress or (lambda _stage: None)
-    images = base.sample([prompt], n, seed, steps, sampler, guidance, batch_size, progress=bar("base"))
+    images = base.sample([prompt], n, options, progress=bar("base"))
     readings = [ocr.read(im).text for im in to_pil(images)]
     candidates = [Candidate(i, r, score(r, prompt)) for i, r in enumerate(readings)]
     kept = prune([c.base_score for c in candidates], cfg)
 
     finals = images[kept]
     if superres is not None:
+        sr_options = superres_options(options, sr_guidance)
         finals = superres.sample(
-            [prompt] * len(kept),
-            seed=seed,
-            steps=steps,
-            sampler=sampler,
-            guidance=sr_guidance,
-            batch_size=batch_size,
-            low_res=finals,
-            progress=bar("superres"),
+            [prompt] * len(kept), 1, sr_options, low_res=finals, progress=bar("superres")
         )
     pictures = to_pil(finals)
     for i, picture in zip(kept, pictures, strict=True):
@@ -153,9 +143,8 @@ def rerank(
         "base": base.name,
         "superres": superres.name if superres is not None else None,
         "n": n,
-        "seed": seed,
-        **base.settings(steps, sampler, guidance),
-        "sr_guidance": superres.settings(guidance=sr_guidance)["guidance"] if superres is not None else None,
+        **asdict(base.options(options)),
+        "sr_guidance": superres.options(guidance=sr_guidance).guidance if superres is not None else None,
         "rerank": asdict(cfg),
     }
     return RerankResult(prompt, pictures[best], kept[best], candidates, settings)

@@ -15,7 +15,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from glyphgen.diffusion import Progress, sample
+from glyphgen.diffusion import Progress, SamplingOptions, sample, sampling_fields
 
 if TYPE_CHECKING:
     from glyphgen.inference.bundle import Bundle
@@ -101,30 +101,26 @@ def generate(
     bundle: Bundle,
     texts: Sequence[str],
     n: int = 1,
-    seed: int = 0,
-    steps: str | None = None,
-    sampler: str | None = None,
-    guidance: float | None = None,
-    batch_size: int = 8,
+    options: SamplingOptions | None = None,
     low_res: ImagesIn | None = None,
     progress: Progress | None = None,
 ) -> torch.Tensor:
-    """`n` images per prompt as float [-1, 1] [len(texts) * n, C, H, W], on the bundle's device.
-    `steps`, `sampler` and `guidance` default to the bundle's diffusion config."""
+    """`n` images per prompt as float [-1, 1] [len(texts) * n, C, H, W], on the bundle's device,
+    drawn with `options` (unset fields: the bundle's diffusion config)."""
     check_prompts(texts, bundle.tokenizer)
-    if n < 1 or batch_size < 1:
-        raise ValueError(f"n and batch size must be >= 1, got n={n}, batch size={batch_size}")
-    chosen = bundle.settings(steps, sampler, guidance)
-    diffusion = bundle.diffusion.respace(chosen["steps"])
+    if n < 1:
+        raise ValueError(f"n must be >= 1, got {n}")
+    chosen = bundle.options(options)
+    diffusion = bundle.diffusion.respace(chosen.steps)
     expanded = [t for t in texts for _ in range(n)]
     lows = check_low_res(bundle, low_res, len(expanded))
     cfg, device = bundle.config.model, bundle.device
-    generator = torch.Generator().manual_seed(seed)
-    batches = range(0, len(expanded), batch_size)
+    generator = torch.Generator().manual_seed(chosen.seed)
+    batches = range(0, len(expanded), chosen.batch_size)
     total = len(batches) * diffusion.num_steps
     out = []
     for b, start in enumerate(batches):
-        chunk = expanded[start : start + batch_size]
+        chunk = expanded[start : start + chosen.batch_size]
         tokens, mask = bundle.tokenizer.batch(chunk)
         kwargs = {"tokens": tokens.to(device), "mask": mask.to(device)}
         if lows is not None:
@@ -135,12 +131,8 @@ def generate(
                 bundle.net,
                 diffusion,
                 (len(chunk), cfg.in_channels, cfg.resolution, cfg.resolution),
-                sampler=chosen["sampler"],
-                guidance=chosen["guidance"],
-                guidance_rescale=bundle.config.diffusion.guidance_rescale,
-                threshold=bundle.config.diffusion.threshold,
+                **{**chosen.sampler_kwargs(), "steps": None},  # respaced above, once for every batch
                 model_kwargs=kwargs,
-                eta=bundle.config.diffusion.ddim_eta,
                 generator=generator,
                 device=device,
                 progress=None if progress is None else lambda i, _t, done=done: progress(done + i, total),
@@ -172,22 +164,23 @@ def cascade(
     superres: Bundle | None,
     texts: Sequence[str],
     n: int = 1,
-    seed: int = 0,
-    steps: str | None = None,
-    sampler: str | None = None,
-    guidance: float | None = None,
+    options: SamplingOptions | None = None,
     sr_guidance: float | None = None,
-    batch_size: int = 8,
     progress: Callable[[str], Progress | None] | None = None,
 ) -> torch.Tensor:
     """Base samples, then (if `superres` is given) each upsampled with the same prompt: uint8
-    [len(texts) * n, C, H, W]. `progress(stage name)` may return a step callback for that stage."""
+    [len(texts) * n, C, H, W]. Both stages use `options`, except that the superres guidance is its
+    own (`sr_guidance`, default: its bundle's). `progress(stage name)` may return a step callback."""
     check_cascade(base, superres)
     bar = progress or (lambda _name: None)
-    images = base.sample(texts, n, seed, steps, sampler, guidance, batch_size, progress=bar("base"))
+    images = base.sample(texts, n, options, progress=bar("base"))
     if superres is None:
         return images
     expanded = [t for t in texts for _ in range(n)]
-    return superres.sample(
-        expanded, 1, seed, steps, sampler, sr_guidance, batch_size, low_res=images, progress=bar("superres")
-    )
+    sr_options = superres_options(options, sr_guidance)
+    return superres.sample(expanded, 1, sr_options, low_res=images, progress=bar("superres"))
+
+
+def superres_options(options: SamplingOptions | None, sr_guidance: float | None) -> SamplingOptions:
+    """The base's options for the superres stage, but with its own guidance (None: its bundle's)."""
+    return SamplingOptions(**{**sampling_fields(options or SamplingOptions()), "guidance": sr_guidance})

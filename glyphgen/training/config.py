@@ -11,7 +11,7 @@ from typing import Any
 
 from glyphgen.config import require
 from glyphgen.data.loader import LoaderConfig
-from glyphgen.diffusion import DiffusionConfig
+from glyphgen.diffusion import DiffusionConfig, SamplingOptions
 from glyphgen.models.registry import MODELS
 
 STAGES = ("pretrain-synthetic", "finetune-real", "superres")
@@ -83,17 +83,14 @@ class TrainerConfig:
 
 
 @dataclass
-class SampleConfig:
+class SampleConfig(SamplingOptions):
+    """The sample grids drawn while training. Their sampling options default, like an exported
+    bundle's, to the stage's diffusion config: the grids show what the bundle will draw."""
+
     every_n_steps: int = 500
     """Write a sample grid (and OCR metrics) every this many steps, and at the end (0: never)."""
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     """Held-out prompts sampled for the grids; `\\n` starts a new line."""
-    steps: str = "50"
-    """Sampling steps (respacing)."""
-    sampler: str = "ddim"
-    """"ddim" or "ddpm"."""
-    guidance: float = 3.0
-    """Classifier-free guidance scale (0: none)."""
     ocr: bool = True
     """Read the samples back with the OCR and log character error rate and exact matches."""
 

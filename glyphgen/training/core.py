@@ -21,7 +21,7 @@ import torch
 
 from glyphgen.config import load_config, to_dict
 from glyphgen.data.loader import LoaderConfig, make_loader
-from glyphgen.diffusion import create_diffusion, drop_text, randn_from, sample
+from glyphgen.diffusion import create_diffusion, drop_text, randn_from, sample, with_options
 from glyphgen.models.localisation import localisation_loss, recording_attention
 from glyphgen.models.registry import sized_model_config
 from glyphgen.models.unet import UNet, UNetConfig
@@ -272,19 +272,17 @@ class DiffusionCore(L.LightningModule):
 
     @torch.no_grad()
     def sample_images(self, texts: list[str], batch: dict | None = None, seed: int = 0) -> torch.Tensor:
-        """EMA samples for `texts` as uint8 [B, C, H, W], with the stage's sampling settings."""
-        s, r = self.cfg.sample, self.model_cfg.resolution
+        """EMA samples for `texts` as uint8 [B, C, H, W], with the grids' sampling options (by
+        default the stage's diffusion config, as its exported bundle would draw them)."""
+        options = with_options(self.cfg.sample, seed=seed).resolve(self.cfg.diffusion)
+        r = self.model_cfg.resolution
         out = sample(
             self.ema,
             self.diffusion,
             (len(texts), self.model_cfg.in_channels, r, r),
-            sampler=s.sampler,
-            steps=s.steps,
-            guidance=s.guidance,
-            guidance_rescale=self.cfg.diffusion.guidance_rescale,
-            threshold=self.cfg.diffusion.threshold,
+            **options.sampler_kwargs(),
             model_kwargs=self.sample_kwargs(texts, batch),
-            generator=torch.Generator().manual_seed(seed),
+            generator=torch.Generator().manual_seed(options.seed),
             device=self.device,
         )
         return ((out.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
