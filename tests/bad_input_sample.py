@@ -42,7 +42,7 @@ CASES: list[Case] = [
             f"sample-guidance-{name}",
             _sample("--guidance", value, "--out", "x.png"),
             "error",
-            (f"guidance must be a finite number >= 0, got {shown}",),
+            (f"guidance: must be a finite number >= 0, got {shown}",),
             _kept,
         )
         for name, value, shown in [("nan", "nan", "nan"), ("inf", "inf", "inf"), ("negative", "-5", "-5.0")]
