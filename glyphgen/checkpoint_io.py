@@ -55,13 +55,19 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
-def ema_state(ckpt: dict) -> dict[str, torch.Tensor]:
-    """The EMA network's weights from a stage checkpoint (`ema.` prefix and any torch.compile
-    `_orig_mod.` prefix removed)."""
+WEIGHTS = {"ema": "ema.", "raw": "model."}
+"""Which network of a stage checkpoint: the EMA average (what bundles hold by default) or the raw
+trained weights, by their state-dict prefix."""
+
+
+def network_state(ckpt: dict, weights: str = "ema") -> dict[str, torch.Tensor]:
+    """The EMA (or, with `weights="raw"`, the trained) network's weights from a stage checkpoint
+    (its prefix and any torch.compile `_orig_mod.` prefix removed)."""
+    prefix = WEIGHTS[weights]
     state = {}
     for key, value in ckpt["state_dict"].items():
-        if key.startswith("ema."):
-            state[key[len("ema.") :].replace("_orig_mod.", "")] = value
+        if key.startswith(prefix):
+            state[key[len(prefix) :].replace("_orig_mod.", "")] = value
     if not state:
-        raise ValueError("checkpoint holds no EMA weights")
+        raise ValueError(f"checkpoint holds no {weights} weights")
     return state

@@ -90,6 +90,12 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--out", required=True, help="bundle folder to write")
     export.add_argument("--dtype", choices=["fp32", "fp16", "bf16"], default="fp32", help="weight dtype")
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
+    export.add_argument(
+        "--weights",
+        choices=["ema", "raw"],
+        default="ema",
+        help="the EMA average (default) or the raw network",
+    )
 
     sample = verbs.add_parser(
         "sample",
@@ -136,6 +142,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompts", nargs="+", dest="prompt_sets", help="prompt sets (default: words random posts)"
     )
     quality.add_argument("--max-prompts", type=int, help="evaluate the first K prompts of each set")
+    quality.add_argument(
+        "--weights", choices=["ema", "raw", "both"], help="which network to score (default: ema)"
+    )
     _sampling_args(quality, n=4)
     quality.set_defaults(batch_size=64)
     quality.add_argument(
@@ -265,7 +274,7 @@ def cmd_pipeline(args) -> None:
 def cmd_export(args) -> None:
     from glyphgen.inference.export import export_bundle
 
-    print(export_bundle(args.checkpoint, args.out, args.dtype, args.overwrite))
+    print(export_bundle(args.checkpoint, args.out, args.dtype, args.overwrite, args.weights))
 
 
 def _bundles(base_path: str, superres_path: str | None, device: str | None):
@@ -361,7 +370,17 @@ def cmd_evaluate(args) -> None:
 def cmd_quality(args) -> None:
     from glyphgen.eval.quality import QualityConfig, run_quality
 
-    names = ["pipeline", "name", "budget", "prompt_sets", "max_prompts", "n", "device", "overrides"]
+    names = [
+        "pipeline",
+        "name",
+        "budget",
+        "prompt_sets",
+        "max_prompts",
+        "n",
+        "weights",
+        "device",
+        "overrides",
+    ]
     cfg = load_config(QualityConfig, values=_values(args, names + SAMPLING_OPTIONS))
     print(run_quality(cfg)["report"])
 

@@ -13,7 +13,7 @@ from bundle_fixtures import trained_checkpoints
 from conftest import one_line_error
 from safetensors.torch import load_file, save_file
 
-from glyphgen.checkpoint_io import ema_state, read_checkpoint
+from glyphgen.checkpoint_io import network_state, read_checkpoint
 from glyphgen.cli import main
 from glyphgen.diffusion import SamplingOptions, create_diffusion, sample
 from glyphgen.inference import export_bundle, load_bundle
@@ -46,7 +46,7 @@ def ema_network(path) -> tuple[UNet, object, CharTokenizer]:
     ckpt = read_checkpoint(path)
     cfg = stage_config(ckpt["hyper_parameters"]["config"])
     net = UNet(build_model_config(cfg))
-    net.load_state_dict(ema_state(ckpt))
+    net.load_state_dict(network_state(ckpt))
     tokenizer = CharTokenizer(TokenizerConfig(max_length=net.cfg.text.max_length))
     return net.eval(), cfg.diffusion, tokenizer
 
@@ -81,7 +81,7 @@ def test_bundle_samples_are_bit_identical_to_the_checkpoint_ema(ckpts, bundle_di
 
 def test_bundle_holds_ema_weights_and_a_trainer_free_config(ckpts, bundle_dir):
     weights = load_file(bundle_dir / "model.safetensors")
-    ema = ema_state(read_checkpoint(ckpts["base"]))
+    ema = network_state(read_checkpoint(ckpts["base"]))
     assert weights.keys() == ema.keys() and all(torch.equal(weights[k], ema[k]) for k in ema)
     config = yaml.safe_load((bundle_dir / "config.yaml").read_text())
     assert set(config) == {"format", "stage", "dtype", "step", "model", "diffusion", "tokenizer"}
@@ -89,6 +89,16 @@ def test_bundle_holds_ema_weights_and_a_trainer_free_config(ckpts, bundle_dir):
     assert config["model"]["resolution"] == 32 and config["model"]["text"]["width"] == 64
     assert config["tokenizer"]["max_length"] == 96 and config["step"] == 2
     assert sorted(p.name for p in bundle_dir.parent.iterdir()) == ["base"]  # no temporary left
+
+
+def test_raw_weights_export_on_request(ckpts, tmp_path, capsys):
+    out = tmp_path / "raw"
+    assert main(["export", str(ckpts["base"]), "--out", str(out), "--weights", "raw"]) == 0
+    weights = load_file(out / "model.safetensors")
+    ckpt = read_checkpoint(ckpts["base"])
+    raw, ema = network_state(ckpt, "raw"), network_state(ckpt)
+    assert weights.keys() == raw.keys() and all(torch.equal(weights[k], raw[k]) for k in raw)
+    assert any(not torch.equal(raw[k], ema[k]) for k in raw)  # the two networks differ after training
 
 
 def test_fp16_export_halves_the_file_and_loads(ckpts, bundle_dir, tmp_path):

@@ -73,6 +73,7 @@ def test_quality_run_trains_on_the_clock_exports_and_evaluates(tmp_path):
             "n": 1,
             "steps": "2",
             "batch_size": 4,
+            "weights": "both",
             "device": "cpu",
         },
     )
@@ -85,9 +86,11 @@ def test_quality_run_trains_on_the_clock_exports_and_evaluates(tmp_path):
     assert stage["images_per_second"] > 0 and stage["train_tflops_per_second"] > 0
     assert 0 < stage["mfu"] < 1.5 and result["matmul_peak"]["dtype"] == "float32"
     assert (run / "pretrain-synthetic" / "config.yaml").read_text().count("max_time: 00:00:00:03") == 1
-    assert (run / "bundle" / "model.safetensors").is_file()
+    assert (run / "bundle" / "model.safetensors").is_file() and (
+        run / "bundle-raw" / "model.safetensors"
+    ).is_file()
 
-    assert set(result["evaluations"]) == {"words", "posts"}
+    assert set(result["evaluations"]) == {"words", "posts", "words (raw)", "posts (raw)"}
     for evaluation in result["evaluations"].values():
         report = json.loads(Path(evaluation["report"]).read_text())
         assert len(report["samples"]) == 2  # max_prompts x n
@@ -98,7 +101,7 @@ def test_quality_run_trains_on_the_clock_exports_and_evaluates(tmp_path):
     assert json.loads((run / "quality.json").read_text()) == result
     report = (run / "quality.md").read_text()
     assert "glyphgen quality (test)" in report
-    assert "| pretrain-synthetic |" in report and "| words |" in report and "| posts |" in report
+    assert "| pretrain-synthetic |" in report and "| words |" in report and "| posts (raw) |" in report
 
     # Again: the finished stage is skipped and only the evaluation is redone.
     again = run_quality(cfg, command="again")

@@ -78,3 +78,11 @@ def test_the_cli_hands_every_option_to_the_report(tmp_path, capsys):
     settings = json.loads((tmp_path / "r" / "report.json").read_text())["settings"]
     expected = SamplingOptions("3", "dpmpp2m", 1.5, 0.7, 0.99, 0.5, 3, 2)
     assert {k: settings[k] for k in dataclasses.asdict(expected)} == dataclasses.asdict(expected)
+
+
+def test_grid_weights_are_checked():
+    assert SampleConfig(weights="both").weights == "both"
+    with pytest.raises(
+        ConfigValueError, match=re.escape("weights: must be one of ema, raw, both, got 'avg'")
+    ):
+        SampleConfig(weights="avg")

@@ -19,7 +19,7 @@ from torch.overrides import TorchFunctionMode
 from glyphgen.config import load_config, to_dict
 from glyphgen.data.build import build
 from glyphgen.training.callbacks import read_metric
-from glyphgen.training.checkpoints import AtomicCheckpointIO, ema_state, read_checkpoint
+from glyphgen.training.checkpoints import AtomicCheckpointIO, network_state, read_checkpoint
 from glyphgen.training.config import StageConfig
 from glyphgen.training.core import DiffusionCore, NonFiniteLossError
 from glyphgen.training.pipeline import run_pipeline
@@ -74,7 +74,7 @@ def network(ckpt_path, prefix: str) -> dict[str, torch.Tensor]:
 
 
 def test_pretrain_stage_writes_its_run_folder(tmp_path, shards):
-    extra = {"sample.every_n_steps": 4, "sample.steps": "3", "localisation": 0.1}
+    extra = {"sample.every_n_steps": 4, "sample.steps": "3", "sample.weights": "both", "localisation": 0.1}
     cfg = stage_cfg("pretrain-synthetic", shards, steps=4, **extra)
     final = train_stage(cfg, tmp_path / "run")
     run = tmp_path / "run"
@@ -83,9 +83,11 @@ def test_pretrain_stage_writes_its_run_folder(tmp_path, shards):
     for name in ("last.ckpt", "step-0000002.ckpt", "step-0000004.ckpt"):
         assert (run / "checkpoints" / name).is_file()
     assert (run / "loss.png").is_file() and (run / "samples" / "step_0000004.png").is_file()
+    assert (run / "samples" / "step_0000004-raw.png").is_file()  # sample.weights=both
     header = (run / "logs" / "metrics.csv").read_text().splitlines()[0]
     assert "train/loss" in header and "train/loss_q0" in header and "samples/cer" in header
     assert "train/localisation" in header  # synthetic shards carry character boxes
+    assert "samples/raw_cer" in header and "samples/raw_exact" in header
     assert load_config(StageConfig, [run / "config.yaml"]) == cfg
     ema, live = network(final, "ema."), network(final, "model.")
     assert ema.keys() == live.keys() and any(not torch.equal(ema[k], live[k]) for k in ema)
@@ -226,7 +228,7 @@ def test_warm_starts_load_weights_not_optimizer(tmp_path, shards):
     cfg2 = stage_cfg("finetune-real", shards, steps=2, init_from=str(stage1))
     module = FinetuneReal(to_dict(cfg2))
     module.warm_start(str(stage1))
-    for key, value in ema_state(read_checkpoint(stage1)).items():
+    for key, value in network_state(read_checkpoint(stage1)).items():
         assert torch.equal(module.model.state_dict()[key], value) and torch.equal(
             module.ema.state_dict()[key], value
         )
@@ -240,7 +242,7 @@ def test_warm_starts_load_weights_not_optimizer(tmp_path, shards):
     sr = SuperRes(to_dict(cfg3))
     summary = sr.warm_start(str(stage2))
     assert "loaded" in summary
-    base = ema_state(ckpt2)
+    base = network_state(ckpt2)
     sr_state = sr.model.state_dict()
     assert torch.equal(sr_state["middle_block.0.in_conv.weight"], base["middle_block.0.in_conv.weight"])
     assert torch.equal(sr_state["input_blocks.3.0.in_conv.weight"], base["input_blocks.1.0.in_conv.weight"])
@@ -312,7 +314,7 @@ def test_bf16_mixed_on_cpu(tmp_path, shards):
     final = train_stage(
         stage_cfg("pretrain-synthetic", shards, steps=2, **{"trainer.precision": "bf16-mixed"}), tmp_path
     )
-    assert all(torch.isfinite(v).all() for v in ema_state(read_checkpoint(final)).values())
+    assert all(torch.isfinite(v).all() for v in network_state(read_checkpoint(final)).values())
 
 
 def test_channels_last_and_compile_change_speed_not_the_result(tmp_path, shards, monkeypatch):
@@ -369,4 +371,4 @@ def test_nan_loss_stops_or_skips(tmp_path, shards, monkeypatch):
         stage_cfg("pretrain-synthetic", shards, steps=2, **{"trainer.nan_policy": "skip"}), tmp_path / "skip"
     )
     assert read_checkpoint(final)["global_step"] == 2
-    assert all(torch.isfinite(v).all() for v in ema_state(read_checkpoint(final)).values())
+    assert all(torch.isfinite(v).all() for v in network_state(read_checkpoint(final)).values())

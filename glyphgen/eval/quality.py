@@ -67,6 +67,9 @@ class QualityConfig(SamplingOptions):
     """Samples per prompt."""
     batch_size: int = 64
     """Images sampled at once."""
+    weights: str = "ema"
+    """Which network of the last stage to export and score: "ema" (the bundle's default), "raw" (the
+    trained weights, `bundle-raw/`, rows marked "(raw)") or "both": a short run's average may lag."""
     device: str | None = None
     """"cpu" or "cuda" for the evaluation (default: cuda when available)."""
 
@@ -77,6 +80,11 @@ class QualityConfig(SamplingOptions):
         except ValueError as e:
             require(False, "budget", str(e))
         require(bool(self.prompt_sets), "prompt_sets", "names no prompt set")
+        require(
+            self.weights in ("ema", "raw", "both"),
+            "weights",
+            f"must be one of ema, raw, both, got {self.weights!r}",
+        )
         require(self.max_prompts is None or self.max_prompts > 0, "max_prompts", "must be > 0")
         require(self.n > 0, "n", f"must be > 0, got {self.n}")
 
@@ -134,19 +142,25 @@ def run_quality(cfg: QualityConfig, command: str | None = None) -> dict[str, Any
         stages[stage.name] = info
 
     last = stage_run_dir(pipeline, pipeline.stages[-1])
-    bundle_dir = export_bundle(final_checkpoint(last), run / "bundle", overwrite=True)
-    bundle = load_bundle(bundle_dir, cfg.device)
-    evaluations = {}
-    for name, prompts in prompt_sets.items():
-        report = bundle.evaluate(prompts, cfg.n, with_options(cfg))
-        json_path, grid = report.save(run / "eval" / name)
-        print(f"[quality] {name}: {report.summary()}")
-        evaluations[name] = {
-            "images": len(report.samples),
-            "metrics": report.metrics,
-            "report": str(json_path),
-            "grid": str(grid),
-        }
+    evaluations, bundles = {}, {}
+    for weights in ["ema", "raw"] if cfg.weights == "both" else [cfg.weights]:
+        suffix = "" if weights == "ema" else f"-{weights}"
+        bundle_dir = export_bundle(
+            final_checkpoint(last), run / f"bundle{suffix}", overwrite=True, weights=weights
+        )
+        bundles[weights] = str(bundle_dir)
+        bundle = load_bundle(bundle_dir, cfg.device)
+        for name, prompts in prompt_sets.items():
+            report = bundle.evaluate(prompts, cfg.n, with_options(cfg))
+            json_path, grid = report.save(run / f"eval{suffix}" / name)
+            label = name if weights == "ema" else f"{name} ({weights})"
+            print(f"[quality] {label}: {report.summary()}")
+            evaluations[label] = {
+                "images": len(report.samples),
+                "metrics": report.metrics,
+                "report": str(json_path),
+                "grid": str(grid),
+            }
 
     result = {
         "command": command or shlex.join(sys.argv),
@@ -158,7 +172,7 @@ def run_quality(cfg: QualityConfig, command: str | None = None) -> dict[str, Any
         "pipeline_seconds": round(pipeline_seconds, 1),
         "total_seconds": round(time.perf_counter() - start, 1),
         "stages": stages,
-        "bundle": str(bundle_dir),
+        "bundles": bundles,
         "sampling": dataclasses.asdict(bundle.options(with_options(cfg))),
         "evaluations": evaluations,
         "report": str(run / "quality.md"),

@@ -16,7 +16,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from glyphgen.checkpoint_io import ema_state, read_checkpoint
+from glyphgen.checkpoint_io import WEIGHTS as WEIGHT_SETS
+from glyphgen.checkpoint_io import network_state, read_checkpoint
 from glyphgen.config import load_config
 from glyphgen.diffusion import DiffusionConfig
 from glyphgen.inference.format import (
@@ -78,11 +79,19 @@ def cast_state(state: dict[str, torch.Tensor], dtype: torch.dtype) -> dict[str, 
 
 
 def export_bundle(
-    checkpoint: str | Path, out: str | Path, dtype: str = "fp32", overwrite: bool = False
+    checkpoint: str | Path,
+    out: str | Path,
+    dtype: str = "fp32",
+    overwrite: bool = False,
+    weights: str = "ema",
 ) -> Path:
-    """Write the bundle of `checkpoint` (a glyphgen stage checkpoint) to the folder `out`; returns it."""
+    """Write the bundle of `checkpoint` (a glyphgen stage checkpoint) to the folder `out`; returns it.
+    `weights` is "ema" (the averaged network, the default) or "raw" (the trained network as it was
+    saved: on a short run the average may still lag it)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
+    if weights not in WEIGHT_SETS:
+        raise ValueError(f"unknown weights {weights!r}; choose one of {', '.join(WEIGHT_SETS)}")
     out = Path(out)
     if out.exists() or out.is_symlink():
         if not overwrite:
@@ -95,7 +104,7 @@ def export_bundle(
     checkpoint = Path(checkpoint)
     ckpt = read_checkpoint(checkpoint)
     cfg = bundle_config(ckpt, dtype, checkpoint)
-    state = ema_state(ckpt)
+    state = network_state(ckpt, weights)
     with torch.device("meta"):  # shapes and dtypes only: the check below must not cost a real network
         expected = UNet(cfg.model).state_dict()
     check_tensors(expected, state, checkpoint)

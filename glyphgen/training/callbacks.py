@@ -28,10 +28,12 @@ def character_error_rate(predictions: list[str], targets: list[str]) -> float:
 class SampleGrid(L.Callback):
     """Every `every_n_steps` optimizer steps and at the end of training, rank zero samples the held-out
     prompts with the EMA weights, writes `samples/step_NNNNNNN.png` (prompt and OCR reading under
-    each image) and logs OCR metrics: `samples/cer` and `samples/exact`."""
+    each image) and logs OCR metrics: `samples/cer` and `samples/exact`. With `weights` "raw" or
+    "both" the trained weights are sampled too: `step_NNNNNNN-raw.png`, `samples/raw_cer`, ...."""
 
-    def __init__(self, folder: Path, every_n_steps: int, prompts: list[str], ocr: bool):
+    def __init__(self, folder: Path, every_n_steps: int, prompts: list[str], ocr: bool, weights: str = "ema"):
         self.folder, self.every, self.prompts, self.use_ocr = Path(folder), every_n_steps, prompts, ocr
+        self.weights = ["ema", "raw"] if weights == "both" else [weights]
         self._ocr = None
         self._last_batch = None
         self._done_step = -1
@@ -54,20 +56,22 @@ class SampleGrid(L.Callback):
         texts = batch["text"][:4] if pl_module.samples_from_batch else self.prompts
         if not texts:
             return
-        images = pl_module.sample_images(texts, batch, seed=step)
-        pictures = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
-        captions = list(texts)
-        metrics = {}
-        if self.use_ocr:
-            readings = [self.ocr().read(p).text for p in pictures]
-            captions = [f"{t}\n-> {r}" for t, r in zip(texts, readings, strict=True)]
-            metrics = {
-                "samples/cer": character_error_rate(readings, texts),
-                "samples/exact": float(np.mean([r == t for r, t in zip(readings, texts, strict=True)])),
-            }
-            for logger in trainer.loggers:
-                logger.log_metrics(metrics, step=step)
-        save_grid(pictures, captions, self.folder / f"step_{step:07d}.png")
+        for weights in self.weights:
+            images = pl_module.sample_images(texts, batch, seed=step, weights=weights)
+            pictures = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
+            captions = list(texts)
+            tag, suffix = ("", "") if weights == "ema" else ("raw_", "-raw")
+            if self.use_ocr:
+                readings = [self.ocr().read(p).text for p in pictures]
+                captions = [f"{t}\n-> {r}" for t, r in zip(texts, readings, strict=True)]
+                exact = float(np.mean([r == t for r, t in zip(readings, texts, strict=True)]))
+                metrics = {
+                    f"samples/{tag}cer": character_error_rate(readings, texts),
+                    f"samples/{tag}exact": exact,
+                }
+                for logger in trainer.loggers:
+                    logger.log_metrics(metrics, step=step)
+            save_grid(pictures, captions, self.folder / f"step_{step:07d}{suffix}.png")
 
     def ocr(self):
         if self._ocr is None:

@@ -9,9 +9,9 @@ from pathlib import Path
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from glyphgen.checkpoint_io import ema_state, load_weights_only, read_checkpoint
+from glyphgen.checkpoint_io import load_weights_only, network_state, read_checkpoint
 
-__all__ = ["AtomicCheckpointIO", "ema_state", "read_checkpoint"]
+__all__ = ["AtomicCheckpointIO", "network_state", "read_checkpoint"]
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):

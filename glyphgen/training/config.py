@@ -91,8 +91,23 @@ class SampleConfig(SamplingOptions):
     """Write a sample grid (and OCR metrics) every this many steps, and at the end (0: never)."""
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     """Held-out prompts sampled for the grids; `\\n` starts a new line."""
+    weights: str = "ema"
+    """Which network the grids sample: "ema" (what export writes), "raw" (the trained weights as they
+    are) or "both" (a grid and metrics each, `samples/raw_cer` beside `samples/cer`): early in a run
+    the average lags the trained weights."""
     ocr: bool = True
     """Read the samples back with the OCR and log character error rate and exact matches."""
+
+    def __post_init__(self):
+        super().__post_init__()
+        require(
+            self.weights in GRID_WEIGHTS,
+            "weights",
+            f"must be one of {', '.join(GRID_WEIGHTS)}, got {self.weights!r}",
+        )
+
+
+GRID_WEIGHTS = ("ema", "raw", "both")
 
 
 @dataclass

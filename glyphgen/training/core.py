@@ -26,7 +26,7 @@ from glyphgen.models.localisation import localisation_loss, recording_attention
 from glyphgen.models.registry import sized_model_config
 from glyphgen.models.unet import UNet, UNetConfig
 from glyphgen.text.tokenizer import CharTokenizer, TokenizerConfig
-from glyphgen.training.checkpoints import ema_state, read_checkpoint
+from glyphgen.training.checkpoints import network_state, read_checkpoint
 from glyphgen.training.config import StageConfig
 
 
@@ -256,7 +256,7 @@ class DiffusionCore(L.LightningModule):
                 f"{path}: its network predicts {theirs} but this stage's diffusion.parameterization is "
                 f"{ours}; set it to {theirs} or train the source stage again"
             )
-        return ema_state(ckpt)
+        return network_state(ckpt)
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Warm start (weights only) of both the live and the EMA network from a network state dict."""
@@ -271,13 +271,19 @@ class DiffusionCore(L.LightningModule):
         return {"tokens": tokens.to(self.device), "mask": mask.to(self.device)}
 
     @torch.no_grad()
-    def sample_images(self, texts: list[str], batch: dict | None = None, seed: int = 0) -> torch.Tensor:
-        """EMA samples for `texts` as uint8 [B, C, H, W], with the grids' sampling options (by
-        default the stage's diffusion config, as its exported bundle would draw them)."""
+    def sample_images(
+        self, texts: list[str], batch: dict | None = None, seed: int = 0, weights: str = "ema"
+    ) -> torch.Tensor:
+        """Samples of the EMA (or, with `weights="raw"`, the trained) network for `texts` as uint8
+        [B, C, H, W], with the grids' sampling options (by default the stage's diffusion config, as
+        its exported bundle would draw them)."""
         options = with_options(self.cfg.sample, seed=seed).resolve(self.cfg.diffusion)
         r = self.model_cfg.resolution
+        net = self.ema if weights == "ema" else self.model
+        training = net.training
+        net.eval()  # dropout off while sampling; the raw network goes back to training after
         out = sample(
-            self.ema,
+            net,
             self.diffusion,
             (len(texts), self.model_cfg.in_channels, r, r),
             **options.sampler_kwargs(),
@@ -285,6 +291,7 @@ class DiffusionCore(L.LightningModule):
             generator=torch.Generator().manual_seed(options.seed),
             device=self.device,
         )
+        net.train(training)
         return ((out.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
 
     def plain_config(self) -> dict:

@@ -47,7 +47,7 @@ def default_precision(cfg: StageConfig) -> str:
 
 
 def build_trainer(cfg: StageConfig, run_dir: Path, module: DiffusionCore) -> L.Trainer:
-    t = cfg.trainer
+    t, s = cfg.trainer, cfg.sample
     ckpt_dir = run_dir / "checkpoints"
     preemption = PreemptionCheckpoint(ckpt_dir / "last.ckpt")
     callbacks = [
@@ -62,7 +62,7 @@ def build_trainer(cfg: StageConfig, run_dir: Path, module: DiffusionCore) -> L.T
         preemption,
         # Refreshing the bar reads the loss back from the device: only as often as the logs do.
         TQDMProgressBar(refresh_rate=t.log_every_n_steps),
-        SampleGrid(run_dir / "samples", cfg.sample.every_n_steps, cfg.sample.prompts, cfg.sample.ocr),
+        SampleGrid(run_dir / "samples", s.every_n_steps, s.prompts, s.ocr, s.weights),
         LossCurve(run_dir / "logs" / "metrics.csv", run_dir / "loss.png"),
         StageComplete(
             final_checkpoint(run_dir), run_dir / COMPLETE, t.max_steps, bool(t.max_time), preemption
