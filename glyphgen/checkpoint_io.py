@@ -55,15 +55,22 @@ def _reason(e: Exception) -> str:
     return f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
 
 
-WEIGHTS = {"ema": "ema.", "raw": "model."}
+NETWORKS = {"ema": "ema.", "raw": "model."}
 """Which network of a stage checkpoint: the EMA average (what bundles hold by default) or the raw
 trained weights, by their state-dict prefix."""
+NETWORK_CHOICES = (*NETWORKS, "both")
+"""What grids and quality runs may score: one network or both."""
+
+
+def networks(choice: str) -> list[str]:
+    """The networks a NETWORK_CHOICES value names."""
+    return list(NETWORKS) if choice == "both" else [choice]
 
 
 def network_state(ckpt: dict, weights: str = "ema") -> dict[str, torch.Tensor]:
     """The EMA (or, with `weights="raw"`, the trained) network's weights from a stage checkpoint
     (its prefix and any torch.compile `_orig_mod.` prefix removed)."""
-    prefix = WEIGHTS[weights]
+    prefix = NETWORKS[weights]
     state = {}
     for key, value in ckpt["state_dict"].items():
         if key.startswith(prefix):

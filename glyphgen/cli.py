@@ -12,6 +12,7 @@ import os
 import sys
 from pathlib import Path
 
+from glyphgen.checkpoint_io import NETWORK_CHOICES, NETWORKS
 from glyphgen.config import ConfigError, load_config
 from glyphgen.diffusion.schedule import SAMPLERS
 
@@ -92,7 +93,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--overwrite", action="store_true", help="replace an existing bundle folder")
     export.add_argument(
         "--weights",
-        choices=["ema", "raw"],
+        choices=list(NETWORKS),
         default="ema",
         help="the EMA average (default) or the raw network",
     )
@@ -142,9 +143,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompts", nargs="+", dest="prompt_sets", help="prompt sets (default: words random posts)"
     )
     quality.add_argument("--max-prompts", type=int, help="evaluate the first K prompts of each set")
-    quality.add_argument(
-        "--weights", choices=["ema", "raw", "both"], help="which network to score (default: ema)"
-    )
+    quality.add_argument("--weights", choices=NETWORK_CHOICES, help="which network to score (default: ema)")
     _sampling_args(quality, n=4)
     quality.set_defaults(batch_size=64)
     quality.add_argument(

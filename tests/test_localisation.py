@@ -10,6 +10,7 @@ import torch
 
 from glyphgen.data.build import build
 from glyphgen.data.loader import LoaderConfig, make_loader
+from glyphgen.models.attention import WeaveAttention
 from glyphgen.models.localisation import box_masks, localisation_loss, recording_attention
 from glyphgen.models.registry import model_config
 from glyphgen.models.unet import UNet
@@ -31,16 +32,17 @@ def test_recording_keeps_the_output_and_gives_one_map_per_weave_layer():
         with recording_attention(model) as maps:
             recorded = model(x, t, tokens, mask)
     torch.testing.assert_close(recorded, plain, rtol=1e-4, atol=1e-5)
-    weave = sum(res in model.cfg.text_resolutions for res in model.cfg.attention_resolutions) or 1
-    assert len(maps) >= weave
+    weave = [m for m in model.modules() if isinstance(m, WeaveAttention)]
+    assert weave and len(maps) == len(weave)
     for m in maps:
         side = round(m.shape[-1] ** 0.5)
         assert m.shape[:2] == tokens.shape and side * side == m.shape[-1]
         torch.testing.assert_close(m.sum(-1), torch.ones(tokens.shape))
+    recorded = len(maps)
     with torch.no_grad():
         model(x, t, tokens, mask)
-    assert len(maps) == len([m for m in maps])  # nothing recorded once the block is left
-    assert all(layer.record is None for layer in model.modules() if hasattr(layer, "record"))
+    assert len(maps) == recorded  # nothing recorded once the block is left
+    assert all(layer.record is None for layer in weave)
 
 
 def test_box_masks_mark_the_cells_a_box_touches():

@@ -21,6 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
+from glyphgen.checkpoint_io import NETWORK_CHOICES, networks
 from glyphgen.config import load_config, require, to_dict
 from glyphgen.diffusion.options import SamplingOptions, with_options
 
@@ -81,9 +82,9 @@ class QualityConfig(SamplingOptions):
             require(False, "budget", str(e))
         require(bool(self.prompt_sets), "prompt_sets", "names no prompt set")
         require(
-            self.weights in ("ema", "raw", "both"),
+            self.weights in NETWORK_CHOICES,
             "weights",
-            f"must be one of ema, raw, both, got {self.weights!r}",
+            f"must be one of {', '.join(NETWORK_CHOICES)}, got {self.weights!r}",
         )
         require(self.max_prompts is None or self.max_prompts > 0, "max_prompts", "must be > 0")
         require(self.n > 0, "n", f"must be > 0, got {self.n}")
@@ -143,7 +144,7 @@ def run_quality(cfg: QualityConfig, command: str | None = None) -> dict[str, Any
 
     last = stage_run_dir(pipeline, pipeline.stages[-1])
     evaluations, bundles = {}, {}
-    for weights in ["ema", "raw"] if cfg.weights == "both" else [cfg.weights]:
+    for weights in networks(cfg.weights):
         suffix = "" if weights == "ema" else f"-{weights}"
         bundle_dir = export_bundle(
             final_checkpoint(last), run / f"bundle{suffix}", overwrite=True, weights=weights

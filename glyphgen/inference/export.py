@@ -16,8 +16,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from glyphgen.checkpoint_io import WEIGHTS as WEIGHT_SETS
-from glyphgen.checkpoint_io import network_state, read_checkpoint
+from glyphgen.checkpoint_io import NETWORKS, network_state, read_checkpoint
 from glyphgen.config import load_config
 from glyphgen.diffusion import DiffusionConfig
 from glyphgen.inference.format import (
@@ -90,8 +89,8 @@ def export_bundle(
     saved: on a short run the average may still lag it)."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
-    if weights not in WEIGHT_SETS:
-        raise ValueError(f"unknown weights {weights!r}; choose one of {', '.join(WEIGHT_SETS)}")
+    if weights not in NETWORKS:
+        raise ValueError(f"unknown weights {weights!r}; choose one of {', '.join(NETWORKS)}")
     out = Path(out)
     if out.exists() or out.is_symlink():
         if not overwrite:

@@ -8,6 +8,7 @@ then `n` of the second, ...
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
@@ -15,7 +16,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from glyphgen.diffusion import Progress, SamplingOptions, sample, sampling_fields
+from glyphgen.diffusion import Progress, SamplingOptions, sample, with_options
 
 if TYPE_CHECKING:
     from glyphgen.inference.bundle import Bundle
@@ -183,4 +184,4 @@ def cascade(
 
 def superres_options(options: SamplingOptions | None, sr_guidance: float | None) -> SamplingOptions:
     """The base's options for the superres stage, but with its own guidance (None: its bundle's)."""
-    return SamplingOptions(**{**sampling_fields(options or SamplingOptions()), "guidance": sr_guidance})
+    return dataclasses.replace(with_options(options), guidance=sr_guidance)

@@ -15,6 +15,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image, ImageDraw
 
+from glyphgen.checkpoint_io import networks
 from glyphgen.data.loader import NoDataError
 from glyphgen.data.preview import save_grid
 
@@ -33,7 +34,7 @@ class SampleGrid(L.Callback):
 
     def __init__(self, folder: Path, every_n_steps: int, prompts: list[str], ocr: bool, weights: str = "ema"):
         self.folder, self.every, self.prompts, self.use_ocr = Path(folder), every_n_steps, prompts, ocr
-        self.weights = ["ema", "raw"] if weights == "both" else [weights]
+        self.weights = networks(weights)
         self._ocr = None
         self._last_batch = None
         self._done_step = -1

@@ -9,6 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from glyphgen.checkpoint_io import NETWORK_CHOICES
 from glyphgen.config import require
 from glyphgen.data.loader import LoaderConfig
 from glyphgen.diffusion import DiffusionConfig, SamplingOptions
@@ -101,13 +102,10 @@ class SampleConfig(SamplingOptions):
     def __post_init__(self):
         super().__post_init__()
         require(
-            self.weights in GRID_WEIGHTS,
+            self.weights in NETWORK_CHOICES,
             "weights",
-            f"must be one of {', '.join(GRID_WEIGHTS)}, got {self.weights!r}",
+            f"must be one of {', '.join(NETWORK_CHOICES)}, got {self.weights!r}",
         )
-
-
-GRID_WEIGHTS = ("ema", "raw", "both")
 
 
 @dataclass
