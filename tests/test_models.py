@@ -195,3 +195,46 @@ def test_unknown_size_and_bad_config():
 def test_padding_id_is_pad():
     ids, mask = TOK.batch(["a", "abc"])
     assert ids[0, -1] == PAD and not mask[0, -1]
+
+
+def _silence_weave(model: UNet) -> None:
+    """Zero the weave layers' outputs, as at initialisation: they then carry no text to the image."""
+    with torch.no_grad():
+        for layer in model.modules():
+            if isinstance(layer, WeaveAttention):
+                layer.t2i_out.weight.zero_()
+                layer.t2i_out.bias.zero_()
+
+
+def test_pooled_text_reaches_the_resblocks_without_the_weave_layers():
+    x, t = torch.randn(2, 3, 32, 32), torch.tensor([300, 300])
+    outputs = {}
+    for pooled in (False, True):
+        torch.manual_seed(0)
+        model = UNet(dataclasses.replace(model_config("tiny"), pooled_text=pooled)).eval()
+        _randomize(model)
+        _silence_weave(model)
+        with torch.no_grad():
+            outputs[pooled] = [
+                model(x, t, *TOK.batch(texts, pad_to=pad))
+                for texts, pad in ((["AB", "CD"], None), (["XY", "CD"], None), (["AB", "CD"], 30))
+            ]
+    ab, xy, _ = outputs[False]
+    assert torch.allclose(ab, xy)  # only the weave layers read the text, and they are silent
+    ab, xy, padded = outputs[True]
+    assert not torch.allclose(ab[0], xy[0], atol=1e-4) and torch.allclose(ab[1], xy[1], atol=1e-5)
+    assert torch.allclose(ab, padded, atol=1e-5)  # the mean counts real tokens only
+
+
+def test_pooled_text_needs_text_and_travels_in_the_sandwich():
+    from glyphgen.config import ConfigError, load_config
+    from glyphgen.models.unet import UNetConfig
+
+    with pytest.raises(ConfigError, match="pooled_text: needs text"):
+        load_config(UNetConfig, overrides=["text_attention=none", "pooled_text=true"])
+    base = UNet(dataclasses.replace(model_config("tiny"), pooled_text=True))
+    sr = UNet(dataclasses.replace(model_config("tiny-sr"), pooled_text=True))
+    report = sandwich_warm_start(sr, base.state_dict(), base)
+    assert report.loaded["text_pool.weight"] == "text_pool.weight"
+    with pytest.raises(ValueError, match="differ in pooled_text"):
+        sandwich_warm_start(create_model("tiny-sr"), base.state_dict(), base)

@@ -74,6 +74,7 @@ def check_sandwich(base: UNet, sr: UNet) -> None:
         "text_resolutions",
         "head_channels",
         "text_attention",
+        "pooled_text",
         "text",
     )
     for name in same:
