@@ -8,6 +8,7 @@ __version__ = "0.1.0"
 _LAZY = {
     "load_bundle": "glyphgen.inference.bundle",
     "Bundle": "glyphgen.inference.bundle",
+    "Cascade": "glyphgen.inference.cascade",
     "export_bundle": "glyphgen.inference.export",
     "rerank": "glyphgen.inference.rerank",
     "RerankConfig": "glyphgen.inference.rerank",

@@ -108,11 +108,18 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sample.add_argument("text", help="the prompt; \\n starts a new line")
     sample.add_argument("--base", required=True, help="base model bundle folder")
-    sample.add_argument("--superres", help="super-resolution bundle folder: upsample the base samples")
+    sample.add_argument(
+        "--superres",
+        action="append",
+        default=[],
+        help="super-resolution bundle folder: upsample the base samples; repeat for more stages, in order",
+    )
     sample.add_argument("--out", required=True, help="PNG path, or folder (see above)")
     sample.add_argument("--overwrite", action="store_true", help="replace images (and JSON) already there")
     _sampling_args(sample, n=1)
-    sample.add_argument("--sr-guidance", type=float, help="superres guidance scale (default: its bundle's)")
+    sample.add_argument(
+        "--sr-guidance", type=float, help="guidance of every superres stage (default: each bundle's)"
+    )
     sample.add_argument("--rerank", action="store_true", help="OCR rejection sampling: keep the best of --n")
     sample.add_argument(
         "--rerank-high", type=float, help="keep only candidates scoring at least this, if any"
@@ -127,7 +134,15 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument(
         "--prompts", required=True, help="prompt file (one per line, \\n = new line), or words, random, posts"
     )
-    evaluate.add_argument("--superres", help="also upsample with this bundle and score the cascade")
+    evaluate.add_argument(
+        "--superres",
+        action="append",
+        default=[],
+        help="also upsample with this bundle and score the cascade; repeat for more stages, in order",
+    )
+    evaluate.add_argument(
+        "--sr-guidance", type=float, help="guidance of every superres stage (default: each bundle's)"
+    )
     evaluate.add_argument("--out", type=Path, help="report folder (default: runs/eval/BUNDLE-PROMPTS)")
     _sampling_args(evaluate, n=2)
 
@@ -276,18 +291,17 @@ def cmd_export(args) -> None:
     print(export_bundle(args.checkpoint, args.out, args.dtype, args.overwrite, args.weights))
 
 
-def _bundles(base_path: str, superres_path: str | None, device: str | None):
+def _cascade(args, base_path: str):
     from glyphgen.inference.bundle import load_bundle
-    from glyphgen.inference.sample import check_cascade
+    from glyphgen.inference.cascade import Cascade
 
-    base = load_bundle(base_path, device)
-    superres = load_bundle(superres_path, device) if superres_path else None
-    check_cascade(base, superres)
-    return base, superres
+    base = load_bundle(base_path, args.device)
+    superres = [load_bundle(path, args.device) for path in args.superres]
+    return Cascade(base, superres, args.sr_guidance)
 
 
 class _Bars:
-    """One progress bar per sampling stage ("base", "superres"), all closed at the end."""
+    """One progress bar per sampling stage ("base", "superres", ...), all closed at the end."""
 
     def __init__(self):
         self.bars: list = []
@@ -324,25 +338,25 @@ def sample_paths(out: Path, n: int, rerank: bool = False) -> list[Path]:
 
 def cmd_sample(args) -> None:
     from glyphgen.eval.prompts import unescape_newlines
-    from glyphgen.inference.sample import cascade, check_prompts, to_pil
+    from glyphgen.inference.sample import check_prompts, to_pil
 
     text = unescape_newlines(args.text)
     paths = sample_paths(Path(args.out), args.n, args.rerank)
     refuse_existing(paths, args.overwrite)
     options = _options(args)
-    base, superres = _bundles(args.base, args.superres, args.device)
-    check_prompts([text], base.tokenizer)  # before any model runs: a typo costs nothing
+    cascade = _cascade(args, args.base)
+    check_prompts([text], cascade.base.tokenizer)  # before any model runs: a typo costs nothing
     with _Bars() as progress:
-        common = dict(n=args.n, options=options, sr_guidance=args.sr_guidance, progress=progress)
+        common = dict(n=args.n, options=options, progress=progress)
         if args.rerank:
             from glyphgen.inference.rerank import RerankConfig, rerank
 
             limits = {"high": args.rerank_high, "low": args.rerank_low, "max_keep": args.rerank_keep}
-            result = rerank(text, base, superres, config=load_config(RerankConfig, values=limits), **common)
+            result = rerank(text, cascade, config=load_config(RerankConfig, values=limits), **common)
             for path in result.save(paths[0]):
                 print(path)
             return
-        images = cascade(base, superres, [text], **common)
+        images = cascade.sample([text], **common)
     for picture, path in zip(to_pil(images), paths, strict=True):
         path.parent.mkdir(parents=True, exist_ok=True)
         picture.save(path)
@@ -354,13 +368,13 @@ def cmd_evaluate(args) -> None:
 
     prompts = read_prompts(args.prompts)
     options = _options(args)
-    base, superres = _bundles(args.bundle, args.superres, args.device)
+    cascade = _cascade(args, args.bundle)
     out = (
         args.out
         or Path("runs") / "eval" / f"{Path(args.bundle).resolve().name}-{prompt_file(args.prompts).stem}"
     )
     with _Bars() as progress:
-        report = base.evaluate(prompts, args.n, options, superres=superres, progress=progress)
+        report = cascade.evaluate(prompts, args.n, options, progress=progress)
     for path in report.save(out):
         print(path)
     print(report.summary())

@@ -1,5 +1,6 @@
-"""The OCR engine glyphgen uses everywhere: transcribing real images (stage 2 data, DESIGN 2.2) and,
-later, scoring generated samples (DESIGN 5).
+"""The OCR engine glyphgen uses everywhere: transcribing real images (stage 2 data) and scoring
+generated samples (rerank, evaluation, training grids). See docs/architecture.md, "Real-image shards
+(stage 2)" and "Sampling, the cascade, reranking and evaluation"; swapping the engine: "Extension points".
 
 RapidOCR runs the PP-OCRv4 detector and recogniser (ONNX models shipped inside its wheel) offline on
 CPU. This module turns its raw detections into a transcript the way glyphgen stores them: detections

@@ -17,7 +17,6 @@ from glyphgen.checkpoint_io import network_state, read_checkpoint
 from glyphgen.cli import main
 from glyphgen.diffusion import SamplingOptions, create_diffusion, sample
 from glyphgen.inference import export_bundle, load_bundle
-from glyphgen.inference.sample import generate
 from glyphgen.models.unet import UNet
 from glyphgen.text.tokenizer import CharTokenizer, TokenizerConfig
 from glyphgen.training.core import build_model_config, stage_config
@@ -71,7 +70,7 @@ def test_bundle_samples_are_bit_identical_to_the_checkpoint_ema(ckpts, bundle_di
     assert bundle.dtype == torch.float32 and not bundle.model.training
     with torch.no_grad():
         options = SamplingOptions(seed=7, steps="4", sampler=sampler, guidance=3.0, batch_size=3)
-        got = generate(bundle, ["hi", "hi", "Ab\ncd"], 1, options)
+        got = bundle.generate(["hi", "hi", "Ab\ncd"], 1, options)
     assert torch.equal(got, expected)
     # The public API returns the same images as uint8, and the same seed gives the same images.
     a = bundle.sample(["hi", "Ab\ncd"], n=1, seed=7, steps="4", sampler=sampler, guidance=3.0)
@@ -117,7 +116,7 @@ def test_fp16_export_halves_the_file_and_loads(ckpts, bundle_dir, tmp_path):
     bf16 = load_bundle(half, device="cpu", dtype="bf16")
     assert bf16.dtype == torch.bfloat16
     with torch.no_grad():
-        x = generate(bf16, ["hi"], options=SamplingOptions(steps="2"))
+        x = bf16.generate(["hi"], options=SamplingOptions(steps="2"))
     assert x.dtype == torch.float32 and torch.isfinite(x).all()
 
 

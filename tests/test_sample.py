@@ -8,16 +8,19 @@ import dataclasses
 import json
 
 import pytest
+import torch
 from bundle_fixtures import trained_checkpoints
 from conftest import one_line_error
 from PIL import Image
+from safetensors.torch import save_file
 
 from glyphgen.cli import main
 from glyphgen.diffusion import SamplingOptions
 from glyphgen.eval.metrics import trigram_similarity, trigrams
 from glyphgen.eval.prompts import unescape_newlines
-from glyphgen.inference import RerankConfig, cascade, export_bundle, load_bundle, prune
-from glyphgen.inference.sample import check_cascade
+from glyphgen.inference import Cascade, RerankConfig, check_cascade, export_bundle, load_bundle, prune
+from glyphgen.inference.format import WEIGHTS, write_config
+from glyphgen.models.unet import UNet
 
 pytestmark = pytest.mark.slow
 
@@ -83,7 +86,9 @@ def test_pruning_can_cap_the_survivors():
 
 def test_cascade_has_the_superres_resolution(bundles):
     base, sr = load_bundle(bundles["base"], "cpu"), load_bundle(bundles["superres"], "cpu")
-    images = cascade(base, sr, ["hi", "ok"], n=2, options=SamplingOptions(seed=1, steps="2", batch_size=3))
+    images = Cascade(base, [sr]).sample(
+        ["hi", "ok"], n=2, options=SamplingOptions(seed=1, steps="2", batch_size=3)
+    )
     assert images.shape == (4, 3, 64, 64)
     low = base.sample(["hi", "ok"], n=2, seed=1, steps="2", batch_size=3)
     assert low.shape == (4, 3, 32, 32)
@@ -96,12 +101,47 @@ def test_superres_bundle_must_fit_the_base(bundles):
     config = copy.deepcopy(sr.config)
     config.model.resolution = 128  # as if it were a 64 -> 128 px model
     bigger = dataclasses.replace(sr, config=config)
-    with pytest.raises(ValueError, match=r"upsamples 64 -> 128 px but the base .* makes 32 px images"):
-        check_cascade(base, bigger)
+    with pytest.raises(ValueError, match=r"upsamples 64 -> 128 px but the stage before it, .*, makes 32 px"):
+        check_cascade(base, [bigger])
+    with pytest.raises(ValueError, match=r"upsamples 32 -> 64 px but the stage before it, .*, makes 64 px"):
+        check_cascade(base, [sr, sr])
     with pytest.raises(ValueError, match="takes no low-res images"):
         base.sample("hi", steps="2", low_res=base.sample("hi", steps="2"))
     with pytest.raises(ValueError, match="upsamples 32 px images to 64 px, got 64x64"):
         sr.sample("hi", steps="2", low_res=sr.sample("hi", steps="2", low_res=base.sample("hi", steps="2")))
+
+
+def upsampler_128(bundles, folder):
+    """A 64 -> 128 px superres bundle: the tiny-sr bundle's config one level deeper, untrained
+    weights (what is tested is the cascade's plumbing, not the picture)."""
+    config = copy.deepcopy(load_bundle(bundles["superres"], "cpu").config)
+    config.model.resolution, config.model.channel_mult = 128, [1, 1, 1, 2, 2]
+    torch.manual_seed(0)
+    state = UNet(config.model).state_dict()
+    folder.mkdir()
+    write_config(config, folder)
+    save_file({k: v.contiguous() for k, v in state.items()}, folder / WEIGHTS)
+    return folder
+
+
+def test_a_three_stage_cascade_samples_from_python_and_the_cli(bundles, tmp_path, capsys):
+    last = upsampler_128(bundles, tmp_path / "sr128")
+    base, sr, sr2 = (load_bundle(p, "cpu") for p in (bundles["base"], bundles["superres"], last))
+    cascade = Cascade(base, [sr, sr2])
+    options = SamplingOptions(seed=2, steps="2", batch_size=4)
+    seen = []
+    images = cascade.sample(["hi", "ok"], 1, options, progress=lambda name: seen.append(name))
+    assert images.shape == (2, 3, 128, 128) and seen == ["base", "superres 1", "superres 2"]
+    middle = Cascade(base, [sr]).sample(["hi", "ok"], 1, options)
+    assert (sr2.sample(["hi", "ok"], 1, options, low_res=middle) == images).all()  # each stage feeds the next
+    with pytest.raises(ValueError, match="makes 32 px images"):
+        Cascade(base, [sr2, sr])  # out of order
+
+    args = ["sample", "hi", "--base", bundles["base"], "--superres", bundles["superres"]]
+    code, out, _ = cli([*args, "--superres", last, "--steps", "2", "--out", tmp_path / "x.png"], capsys)
+    assert code == 0 and Image.open(tmp_path / "x.png").size == (128, 128)
+    code, _, err = cli([*args[:4], "--superres", last, "--steps", "2", "--out", tmp_path / "y.png"], capsys)
+    one_line_error(code, err, "upsamples 64 -> 128 px", "makes 32 px images")
 
 
 def test_sample_cli_writes_pngs_where_documented(bundles, tmp_path, capsys):

@@ -1,4 +1,5 @@
-"""The embedded demo set for stage 2 (DESIGN 2.2): real photographs with text, no user data needed.
+"""The embedded demo set for stage 2: real photographs with text, no user data needed
+(docs/architecture.md, "Real-image shards (stage 2)").
 
 This is a demo, not a data set to train a good model on: it lets `finetune-real` run end to end on a
 fresh machine. Point the stage at real data with `glyphgen make-shards real --images DIR`.

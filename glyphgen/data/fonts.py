@@ -1,4 +1,5 @@
-"""Font discovery (DESIGN 2.1): which font files exist, and which characters each one can draw.
+"""Font discovery: which font files exist, and which characters each one can draw
+(docs/architecture.md, "Synthetic shards (stage 1)").
 
 fontTools reads every font's cmap so that a text is only ever drawn with a font that has a real,
 inked glyph for each of its characters (no tofu boxes, no blank placeholders). Fonts come from the
@@ -123,7 +124,7 @@ def _read_font(path: Path, alphabet: str) -> FontInfo | None:
     try:
         if stat.st_size == 0:
             raise ValueError("empty file")
-        if stat.st_size > _MAX_FONT_BYTES:  # fonts are untrusted input (DESIGN 6)
+        if stat.st_size > _MAX_FONT_BYTES:  # fonts are untrusted input (docs/architecture.md, "Safety")
             raise ValueError(f"larger than {_MAX_FONT_BYTES >> 20} MiB")
         # fontNumber=0: the first face of a .ttc collection (ignored for single-face files). Our
         # own file handle, so it is closed even when fontTools fails half-way through parsing.

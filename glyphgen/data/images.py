@@ -1,4 +1,5 @@
-"""Loading untrusted images safely (DESIGN 2.2 and 6) and fitting them to a stage's resolution.
+"""Loading untrusted images safely and fitting them to a stage's resolution (docs/architecture.md,
+"Safety").
 
 `load_image` returns an 8-bit RGB image or raises `BadImage` whose `reason` is a short category that
 shard builders count as a skip. It never lets Pillow guess: the pixel count is checked from the header

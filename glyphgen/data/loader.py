@@ -1,6 +1,7 @@
 """Streaming training batches from WebDataset shards to any number of DDP ranks and workers.
 
-Two ways to split data (see ../shared/notes/webdataset-lightning.md):
+Two ways to split data (docs/architecture.md, "Streaming shards into training", explains both and
+the WebDataset and Lightning behaviours this module is built around):
 - `resampled=False`: the shard list is split by rank, then by DataLoader worker, so no sample is
   seen by two ranks. The number of batches per worker is computed from the manifest's per-shard
   counts as the minimum over every (rank, worker), so every rank yields exactly the same number of

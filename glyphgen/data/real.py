@@ -1,4 +1,5 @@
-"""Stage-2 data (DESIGN 2.2): real images with transcripts, as shards.
+"""Stage-2 data: real images with transcripts, as shards
+(docs/architecture.md, "Real-image shards (stage 2)").
 
 Input is a folder of images, each with an optional `name.txt` transcript beside `name.png` (the
 seed's format), or a JSONL manifest of `{"image": path, "text": optional}` lines. Images without a
@@ -161,7 +162,8 @@ def _manifest_task(index: int, line: str, where: str, root: str) -> RealTask:
     if not path_ok or not (text is None or isinstance(text, str)):
         why = 'needs {"image": "path", "text": "optional transcript"}'
         return RealTask(index, source=where, error=Skipped("bad manifest line", f"{where}: {why}"))
-    # Resolved and checked before anything is opened (DESIGN 6): absolute paths and ../ must not escape.
+    # Resolved and checked before anything is opened (docs/architecture.md, "Safety"): absolute paths
+    # and ../ must not escape.
     path = os.path.join(root, image)
     if not _inside(path, root):
         return RealTask(index, source=image, error=Skipped("path outside folder", f"{where}: {image}"))

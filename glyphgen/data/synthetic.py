@@ -1,4 +1,5 @@
-"""Stage-1 data (DESIGN 2.1): grayscale images of random text drawn with real fonts, as shards.
+"""Stage-1 data: grayscale images of random text drawn with real fonts, as shards
+(docs/architecture.md, "Synthetic shards (stage 1)").
 
 Every sample depends only on (seed, index): its own `random.Random` draws the text, the font (one
 that has every glyph of the text), the size, the line spacing, the alignment, the position and the

@@ -1,4 +1,5 @@
-"""Random transcripts for synthetic images (DESIGN 2.1), mixed from several sources by weight.
+"""Random transcripts for synthetic images, mixed from several sources by weight
+(docs/architecture.md, "Synthetic shards (stage 1)"; adding a source: "Extension points").
 
 Sources: dictionary words (wordfreq's frequency list, shipped inside its wheel), random character
 strings (so the model must learn to spell rather than memorise a vocabulary), numbers / dates /

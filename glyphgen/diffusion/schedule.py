@@ -1,4 +1,4 @@
-"""Noise schedules, timestep respacing, and the diffusion config (DESIGN 3.4).
+"""Noise schedules, timestep respacing, and the diffusion config (docs/architecture.md, "Diffusion").
 
 Schedules follow improved DDPM (Nichol & Dhariwal 2021): the cosine schedule defines
 alpha_bar(t) = cos^2(((t/T + s) / (1 + s)) * pi/2) and takes beta_t = 1 - alpha_bar(t+1)/alpha_bar(t),

@@ -1,1 +1,1 @@
-"""OCR-in-the-loop evaluation (DESIGN 5): metrics, held-out prompt sets and the evaluator."""
+"""OCR-in-the-loop evaluation: metrics, held-out prompt sets and the evaluator."""

@@ -1,5 +1,6 @@
 """`glyphgen evaluate`: sample every prompt of a prompt set, read the images back with the OCR, and
-score the readings against the prompts: the project's quality yardstick (DESIGN 5).
+score the readings against the prompts: the project's quality yardstick (docs/architecture.md,
+"Sampling, the cascade, reranking and evaluation").
 
 The evaluator takes any `generate(prompts, n) -> images` function, so what is measured is the
 model (or cascade) behind it and nothing else; `Bundle.evaluate` passes the bundle's sampler.

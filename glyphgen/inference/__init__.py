@@ -1,22 +1,23 @@
-"""Inference: bundles (export and load), sampling, the cascade and OCR rejection sampling (DESIGN 5).
+"""Inference: bundles (export and load), sampling, the cascade and OCR rejection sampling.
 
-from glyphgen.inference import export_bundle, load_bundle, rerank
+from glyphgen.inference import Cascade, export_bundle, load_bundle, rerank
 """
 
 from __future__ import annotations
 
 from glyphgen.inference.bundle import Bundle, load_bundle
+from glyphgen.inference.cascade import Cascade, check_cascade
 from glyphgen.inference.export import export_bundle
 from glyphgen.inference.format import BundleConfig
 from glyphgen.inference.rerank import RerankConfig, RerankResult, prune, rerank
-from glyphgen.inference.sample import cascade
 
 __all__ = [
     "Bundle",
     "BundleConfig",
+    "Cascade",
     "RerankConfig",
     "RerankResult",
-    "cascade",
+    "check_cascade",
     "export_bundle",
     "load_bundle",
     "prune",

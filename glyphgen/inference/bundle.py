@@ -1,10 +1,16 @@
-"""Loading an inference bundle (DESIGN 5) and sampling from it, without Lightning or the training config.
+"""Loading an inference bundle and sampling from it, without Lightning or the training config.
 
     bundle = glyphgen.load_bundle("runs/tiny/bundles/base")      # glyphgen export wrote it
     images = bundle.sample(["hello\\nworld"], n=4, seed=0)          # uint8 [4, 3, 32, 32]
     images = bundle.sample(["hi"], n=2, options=SamplingOptions(steps="ddim25", guidance=2))
     report = bundle.evaluate(read_prompts("words"), n=2)       # from glyphgen.eval.prompts
-    best = glyphgen.rerank("hello", bundle, superres_bundle, n=8)  # OCR rejection sampling
+
+A base followed by super-resolution bundles is a `Cascade` (cascade.py).
+
+Reproducibility: one `torch.Generator` seeded with `seed` (on the CPU, so CPU and GPU runs start
+from the same noise) feeds every batch of a call in order, so the same seed, prompts, `n` and
+`batch_size` give the same images. Images are ordered prompt by prompt: `n` of the first prompt,
+then `n` of the second, ...
 
 Weights load in the dtype they are stored in on a GPU; on the CPU, where half-precision kernels are
 slow or missing, in float32 unless `dtype` says otherwise. A network held in half precision runs
@@ -14,7 +20,7 @@ under autocast, so the diffusion arithmetic around it stays in float32.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,14 +28,21 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
-from glyphgen.diffusion import GaussianDiffusion, Progress, SamplingOptions, create_diffusion, with_options
+from glyphgen.diffusion import (
+    GaussianDiffusion,
+    Progress,
+    SamplingOptions,
+    create_diffusion,
+    with_options,
+)
+from glyphgen.diffusion import sample as draw_chain
+from glyphgen.eval.evaluate import EvalReport, evaluate
 from glyphgen.inference.format import DTYPES, WEIGHTS, BundleConfig, check_tensors, read_config
-from glyphgen.inference.sample import ImagesIn, generate, to_pil, to_uint8
+from glyphgen.inference.sample import ImagesIn, check_prompts, from_pil, to_pil, to_uint8, to_unit
 from glyphgen.models.unet import UNet
 from glyphgen.text.tokenizer import CharTokenizer
 
 if TYPE_CHECKING:
-    from glyphgen.eval.evaluate import EvalReport
     from glyphgen.ocr import Ocr
 
 
@@ -88,41 +101,99 @@ class Bundle:
         image per output."""
         texts = [texts] if isinstance(texts, str) else list(texts)
         with torch.no_grad():
-            x = generate(self, texts, n, self.options(options, **changes), low_res, progress)
+            x = self.generate(texts, n, self.options(options, **changes), low_res, progress)
         images = to_uint8(x)
         return to_pil(images) if as_pil else images
+
+    def generate(
+        self,
+        texts: Sequence[str],
+        n: int = 1,
+        options: SamplingOptions | None = None,
+        low_res: ImagesIn | None = None,
+        progress: Progress | None = None,
+    ) -> torch.Tensor:
+        """`n` images per prompt as float [-1, 1] [len(texts) * n, C, H, W], on the bundle's device,
+        drawn with `options` (unset fields: the bundle's diffusion config); `sample` without the
+        conversion to uint8."""
+        check_prompts(texts, self.tokenizer)
+        if n < 1:
+            raise ValueError(f"n must be >= 1, got {n}")
+        chosen = self.options(options)
+        diffusion = self.diffusion.respace(chosen.steps)
+        expanded = [t for t in texts for _ in range(n)]
+        lows = self.check_low_res(low_res, len(expanded))
+        cfg, device = self.config.model, self.device
+        generator = torch.Generator().manual_seed(chosen.seed)
+        batches = range(0, len(expanded), chosen.batch_size)
+        total = len(batches) * diffusion.num_steps
+        out = []
+        for b, start in enumerate(batches):
+            chunk = expanded[start : start + chosen.batch_size]
+            tokens, mask = self.tokenizer.batch(chunk)
+            kwargs = {"tokens": tokens.to(device), "mask": mask.to(device)}
+            if lows is not None:
+                kwargs["low_res"] = to_unit(lows[start : start + len(chunk)]).to(device)
+            done = b * diffusion.num_steps
+            out.append(
+                draw_chain(
+                    self.net,
+                    diffusion,
+                    (len(chunk), cfg.in_channels, cfg.resolution, cfg.resolution),
+                    **{**chosen.sampler_kwargs(), "steps": None},  # respaced above, once for every batch
+                    model_kwargs=kwargs,
+                    generator=generator,
+                    device=device,
+                    progress=None if progress is None else lambda i, _t, done=done: progress(done + i, total),
+                )
+            )
+        return torch.cat(out)
+
+    def check_low_res(self, low_res: ImagesIn | None, count: int) -> torch.Tensor | None:
+        """The low-res images a superres bundle upsamples, as uint8 [count, C, h, w]; one-line errors
+        when they are missing, unexpected, too few or too many, or of the wrong size."""
+        cfg = self.config.model
+        if not cfg.superres:
+            if low_res is not None:
+                raise ValueError(
+                    f"{self.name} is a base model ({self.config.stage}): it takes no low-res images"
+                )
+            return None
+        if low_res is None:
+            raise ValueError(f"{self.name} is a super-resolution model: it needs the base model's images")
+        images = low_res if isinstance(low_res, torch.Tensor) else from_pil(low_res)
+        if images.dtype != torch.uint8 or images.ndim != 4:
+            raise ValueError(
+                f"low-res images must be uint8 [N, C, H, W], got {images.dtype} {tuple(images.shape)}"
+            )
+        if len(images) != count:
+            raise ValueError(f"{count} images to upsample but {len(images)} low-res images given")
+        side = cfg.resolution // 2
+        if tuple(images.shape[-2:]) != (side, side):
+            raise ValueError(
+                f"{self.name} upsamples {side} px images to {cfg.resolution} px, "
+                f"got {images.shape[-1]}x{images.shape[-2]} px"
+            )
+        return images
 
     def evaluate(
         self,
         prompts: Sequence[str],
         n: int = 2,
         options: SamplingOptions | None = None,
-        superres: Bundle | None = None,
-        sr_guidance: float | None = None,
         ocr: Ocr | None = None,
-        progress: Callable[[str], Progress | None] | None = None,
+        progress: Progress | None = None,
         **changes,
     ) -> EvalReport:
-        """Sample `n` images per prompt (through `superres` too, if given, with its own guidance
-        `sr_guidance`), read them with the OCR and score them against the prompts; see
-        `glyphgen.eval.evaluate`. `progress(stage name)` may return a step callback for that stage,
-        as in `cascade`."""
-        from glyphgen.eval.evaluate import evaluate
-        from glyphgen.inference.sample import cascade
-
+        """Sample `n` images per prompt, read them with the OCR and score them against the prompts;
+        see `glyphgen.eval.evaluate`. `Cascade.evaluate` scores a base with super-resolution stages."""
         options = with_options(options, **changes)
 
         def draw(texts: list[str], k: int) -> list[Image.Image]:
-            return to_pil(cascade(self, superres, texts, k, options, sr_guidance, progress))
+            return self.sample(texts, k, options, as_pil=True, progress=progress)
 
-        settings = {
-            "bundle": self.name,
-            "superres": superres.name if superres is not None else None,
-            "n": n,
-            **dataclasses.asdict(self.options(options)),
-            "device": str(self.device),
-        }
-        return evaluate(draw, list(prompts), n, ocr=ocr, settings=settings)
+        settings = {"bundle": self.name, "n": n, **dataclasses.asdict(self.options(options))}
+        return evaluate(draw, list(prompts), n, ocr=ocr, settings={**settings, "device": str(self.device)})
 
 
 def default_device() -> torch.device:

@@ -1,4 +1,4 @@
-"""`glyphgen export`: a stage checkpoint -> an inference bundle (DESIGN 5).
+"""`glyphgen export`: a stage checkpoint -> an inference bundle (docs/architecture.md, "Export: the bundle").
 
 The bundle holds the EMA weights (cast to the chosen dtype) and a config with the network spelled
 out in full, so loading it needs neither Lightning nor the stage config nor the named-size registry.

@@ -1,4 +1,4 @@
-"""The inference bundle format (DESIGN 5): a folder holding `model.safetensors` and `config.yaml`.
+"""The inference bundle format: a folder holding `model.safetensors` and `config.yaml`.
 
 `config.yaml` is everything needed to rebuild the network, the diffusion process and the tokenizer,
 and nothing from the trainer (optimizer, data, schedule of checkpoints). The weights are the EMA

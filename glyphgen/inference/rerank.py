@@ -1,10 +1,10 @@
-"""Rejection sampling, the seed's production workflow (DESIGN 5):
+"""Rejection sampling, the frank system's production workflow:
 
 1. draw `n` base samples of the prompt;
 2. read each with the OCR and score it by character-trigram similarity to the prompt;
 3. prune: keep only the candidates scoring at least `high` if any does, else drop those under
    `low`; never drop every candidate (the best one always survives);
-4. upsample the survivors with the superres bundle (when there is one);
+4. upsample the survivors through the cascade's superres stages (when it has any);
 5. read those again and score them;
 6. return the best (ties: the better base score, then the earlier candidate).
 """
@@ -12,7 +12,6 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -20,10 +19,11 @@ from typing import TYPE_CHECKING, Any
 from PIL import Image
 
 from glyphgen.config import require
-from glyphgen.diffusion import Progress, SamplingOptions
+from glyphgen.diffusion import SamplingOptions
 from glyphgen.eval.metrics import normalize_text, trigram_similarity
 from glyphgen.inference.bundle import Bundle
-from glyphgen.inference.sample import check_cascade, check_prompts, superres_options, to_pil
+from glyphgen.inference.cascade import Cascade, StageProgress
+from glyphgen.inference.sample import check_prompts, to_pil
 
 if TYPE_CHECKING:
     from glyphgen.ocr import Ocr
@@ -100,19 +100,19 @@ class RerankResult:
 
 def rerank(
     prompt: str,
-    base: Bundle,
-    superres: Bundle | None = None,
+    cascade: Cascade | Bundle,
     n: int = 8,
     options: SamplingOptions | None = None,
-    sr_guidance: float | None = None,
     config: RerankConfig | None = None,
     ocr: Ocr | None = None,
-    progress: Callable[[str], Progress | None] | None = None,
+    progress: StageProgress | None = None,
 ) -> RerankResult:
-    """The best of `n` samples of `prompt` by OCR (see the module docstring). `progress(stage)` may
-    return a step callback for the "base" and "superres" stages."""
+    """The best of `n` samples of `prompt` by OCR (see the module docstring), drawn by `cascade` (a
+    bundle alone is a cascade without superres stages). `progress(stage)` may return a step
+    callback for each stage, as in `Cascade.sample`."""
     cfg = config or RerankConfig()
-    check_cascade(base, superres)
+    cascade = cascade if isinstance(cascade, Cascade) else Cascade(cascade)
+    base, upsampled = cascade.base, bool(cascade.superres)
     check_prompts([prompt], base.tokenizer)
     if ocr is None:
         from glyphgen.ocr import Ocr
@@ -124,27 +124,22 @@ def rerank(
     candidates = [Candidate(i, r, score(r, prompt)) for i, r in enumerate(readings)]
     kept = prune([c.base_score for c in candidates], cfg)
 
-    finals = images[kept]
-    if superres is not None:
-        sr_options = superres_options(options, sr_guidance)
-        finals = superres.sample(
-            [prompt] * len(kept), 1, sr_options, low_res=finals, progress=bar("superres")
-        )
+    finals = cascade.upsample(images[kept], [prompt] * len(kept), options, progress)
     pictures = to_pil(finals)
     for i, picture in zip(kept, pictures, strict=True):
         c = candidates[i]
         c.kept = True
         # Without a superres stage the final image is the base one: no second reading needed.
-        c.final_reading = ocr.read(picture).text if superres is not None else c.base_reading
+        c.final_reading = ocr.read(picture).text if upsampled else c.base_reading
         c.final_score = score(c.final_reading, prompt)
     rank = {i: (candidates[i].final_score, candidates[i].base_score, -i) for i in kept}
     best = max(range(len(kept)), key=lambda j: rank[kept[j]])
     settings = {
         "base": base.name,
-        "superres": superres.name if superres is not None else None,
+        "superres": [stage.name for stage in cascade.superres],
         "n": n,
         **asdict(base.options(options)),
-        "sr_guidance": superres.options(guidance=sr_guidance).guidance if superres is not None else None,
+        "sr_guidance": cascade.sr_guidances(),
         "rerank": asdict(cfg),
     }
     return RerankResult(prompt, pictures[best], kept[best], candidates, settings)

@@ -1,4 +1,4 @@
-"""The character-level text encoder (DESIGN 3.1, the seed's tl;dr).
+"""The character-level text encoder (the seed's tl;dr; docs/architecture.md, "Tokenizer and text encoder").
 
 A pre-norm transformer over character tokens whose input is the sum of
 - a token embedding,

@@ -1,4 +1,4 @@
-"""The text-conditioned U-Net (DESIGN 3.2) and its super-resolution variant (DESIGN 3.3).
+"""The text-conditioned U-Net and its super-resolution variant (docs/architecture.md, "The model").
 
 Layout follows OpenAI's improved-diffusion so that block indices mean the same thing in the base
 and the super-resolution model (the sandwich warm start maps them): `input_blocks[0]` is the input

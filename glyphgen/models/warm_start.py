@@ -1,4 +1,4 @@
-"""The sandwich warm start (DESIGN 3.3, the seed's last trick).
+"""The sandwich warm start (the frank system's last trick; docs/architecture.md, "The three stages").
 
 A super-resolution U-Net with one more outer level than the trained base is the base "sandwiched"
 between new bread: input block k of the base becomes input block k + N of the superres model (N =

@@ -1,4 +1,5 @@
-"""Character-level tokenizer (DESIGN 3.1): one id per character of an alphabet, plus special ids.
+"""Character-level tokenizer: one id per character of an alphabet, plus special ids
+(docs/architecture.md, "Tokenizer and text encoder").
 
 Ids 0..4 are `pad`, `bos`, `eos`, `unk` and `null`; characters follow in alphabet order. Pad has an
 id of its own so the key-padding mask can never hide a real token (the seed's code reused BOS for

@@ -1,4 +1,5 @@
-"""Configuration of a training stage (DESIGN 4): what to train, on what data, how, and how long.
+"""Configuration of a training stage: what to train, on what data, how, and how long
+(docs/architecture.md, "The three stages").
 
 A stage YAML names a model size and overrides its fields; the trainer settings map one to one onto
 Lightning's `Trainer`, so a run scales from one CPU to many GPUs and nodes by configuration alone.

@@ -1,5 +1,6 @@
-"""The LightningModule core every stage shares (DESIGN 4): the network, the diffusion loss, classifier-
-free-guidance text dropout, an EMA of the weights, NaN handling, logging and sampling hooks.
+"""The LightningModule core every stage shares: the network, the diffusion loss, classifier-free-
+guidance text dropout, an EMA of the weights, NaN handling, logging and sampling hooks
+(docs/architecture.md, "The three stages").
 
 Per-step randomness (timesteps, noise, text dropout) comes from a generator seeded by (seed, global
 step, rank, batch index), not from global RNG state, so a run resumed from a checkpoint draws the

@@ -1,4 +1,5 @@
-"""The three training stages (DESIGN 4), thin LightningModules over `DiffusionCore`.
+"""The three training stages, thin LightningModules over `DiffusionCore` (docs/architecture.md,
+"The three stages"; adding a stage: "Extension points").
 
 1. `pretrain-synthetic`: the base model from scratch on synthetic font images.
 2. `finetune-real`: the base warm-started (weights only, fresh optimizer, step 0) from stage 1's EMA.
