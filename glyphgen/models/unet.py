@@ -48,10 +48,6 @@ class UNetConfig:
     text_attention: str = "weave"
     """How the image sees the text: "weave" (the seed), "glide" (text appended to self-attention
     keys/values) or "none" (no text: an unconditional model)."""
-    pooled_text: bool = False
-    """Also add the masked mean of the text features, projected, to the timestep embedding (as GLIDE
-    and Imagen do), so every ResBlock's scale-shift and the weave layers' AdaGN see which text is
-    asked for, down the whole U-Net; without it only the up-path weave layers read the text."""
     superres: bool = False
     """Super-resolution model: the low-res image is upsampled and concatenated to the input."""
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -75,11 +71,6 @@ class UNetConfig:
             bad = sorted(set(getattr(self, key)) - feature_sizes)
             require(not bad, key, f"{bad} are not feature resolutions of this U-Net {sorted(feature_sizes)}")
         require(
-            not self.pooled_text or self.text_attention != "none",
-            "pooled_text",
-            "needs text: text_attention is none",
-        )
-        require(
             self.text_attention != "glide" or bool(self.attention_resolutions),
             "attention_resolutions",
             "glide text attention lives in self-attention layers: name at least one resolution",
@@ -88,12 +79,6 @@ class UNetConfig:
     @property
     def out_channels(self) -> int:
         return self.in_channels * (2 if self.learn_sigma else 1)
-
-
-def masked_mean(features: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """[B, L, C] features, [B, L] mask (True = real) -> [B, C] mean over the real tokens."""
-    kept = mask[..., None].to(features.dtype)
-    return (features * kept).sum(1) / kept.sum(1).clamp(min=1)
 
 
 class Block(nn.ModuleList):
@@ -125,7 +110,6 @@ class UNet(nn.Module):
 
         self.time_embed = nn.Sequential(nn.Linear(mc, emb_dim), nn.SiLU(), nn.Linear(emb_dim, emb_dim))
         self.text_encoder = TextEncoder(cfg.text, emb_dim) if text_dim else None
-        self.text_pool = nn.Linear(text_dim, emb_dim) if cfg.pooled_text and text_dim else None
 
         def attention(ch: int, res: int) -> list[nn.Module]:
             return (
@@ -180,8 +164,6 @@ class UNet(nn.Module):
             if tokens is None or mask is None:
                 raise ValueError("this model is text-conditioned: pass tokens and mask")
             text, text_mask = self.text_encoder(tokens, mask, emb)
-            if self.text_pool is not None:  # the encoder reads the timestep alone, the rest both
-                emb = emb + self.text_pool(masked_mean(text, text_mask))
         if self.cfg.superres:
             if low_res is None:
                 raise ValueError("a super-resolution model needs the low-res image (low_res=...)")

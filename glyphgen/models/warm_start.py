@@ -74,7 +74,6 @@ def check_sandwich(base: UNet, sr: UNet) -> None:
         "text_resolutions",
         "head_channels",
         "text_attention",
-        "pooled_text",
         "text",
     )
     for name in same:
