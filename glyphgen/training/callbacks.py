@@ -7,29 +7,26 @@ import csv
 import json
 import signal
 import time
+from collections.abc import Sequence
 from pathlib import Path
 
 import lightning as L
 import numpy as np
 from lightning.pytorch.utilities import rank_zero_only
 from lightning.pytorch.utilities.exceptions import SIGTERMException
-from PIL import Image, ImageDraw
+from PIL import Image
 
 from glyphgen.checkpoint_io import networks
 from glyphgen.data.loader import NoDataError
 from glyphgen.data.preview import save_grid
-
-
-def character_error_rate(predictions: list[str], targets: list[str]) -> float:
-    from torchmetrics.functional.text import char_error_rate
-
-    return float(char_error_rate(predictions, targets))
+from glyphgen.eval.metrics import ocr_metrics
 
 
 class SampleGrid(L.Callback):
     """Every `every_n_steps` optimizer steps and at the end of training, rank zero samples the held-out
     prompts with the EMA weights, writes `samples/step_NNNNNNN.png` (prompt and OCR reading under
-    each image) and logs OCR metrics: `samples/cer` and `samples/exact`. With `weights` "raw" or
+    each image) and logs OCR metrics: `samples/cer` and `samples/exact`, the `cer` and
+    `exact_transcript` of `glyphgen evaluate` (same normalisation). With `weights` "raw" or
     "both" the trained weights are sampled too: `step_NNNNNNN-raw.png`, `samples/raw_cer`, ...."""
 
     def __init__(self, folder: Path, every_n_steps: int, prompts: list[str], ocr: bool, weights: str = "ema"):
@@ -65,10 +62,10 @@ class SampleGrid(L.Callback):
             if self.use_ocr:
                 readings = [self.ocr().read(p).text for p in pictures]
                 captions = [f"{t}\n-> {r}" for t, r in zip(texts, readings, strict=True)]
-                exact = float(np.mean([r == t for r, t in zip(readings, texts, strict=True)]))
+                scores = ocr_metrics(readings, texts)
                 metrics = {
-                    f"samples/{tag}cer": character_error_rate(readings, texts),
-                    f"samples/{tag}exact": exact,
+                    f"samples/{tag}cer": scores["cer"],
+                    f"samples/{tag}exact": scores["exact_transcript"],
                 }
                 for logger in trainer.loggers:
                     logger.log_metrics(metrics, step=step)
@@ -175,25 +172,53 @@ def read_metric(csv_path: Path, name: str) -> list[tuple[int, float]]:
         return [(int(row["step"]), float(row[name])) for row in csv.DictReader(f) if row.get(name)]
 
 
-def plot_curve(points: list[tuple[int, float]], path: Path, title: str, size=(640, 360)) -> None:
-    """A plain line plot with Pillow (no plotting dependency): steps on x, value on y, log-free."""
-    img = Image.new("RGB", size, "white")
-    draw = ImageDraw.Draw(img)
-    left, top, right, bottom = 60, 30, size[0] - 20, size[1] - 40
-    draw.rectangle((left, top, right, bottom), outline="black")
-    draw.text((left, 8), title, fill="black")
-    if len(points) >= 2:
-        steps, values = np.array([p[0] for p in points], float), np.array([p[1] for p in points], float)
-        lo, hi = float(np.min(values)), float(np.max(values))
-        hi = hi if hi > lo else lo + 1
-        xs = left + (steps - steps[0]) / max(steps[-1] - steps[0], 1) * (right - left)
-        ys = bottom - (values - lo) / (hi - lo) * (bottom - top)
-        draw.line(list(zip(xs.tolist(), ys.tolist(), strict=True)), fill=(200, 30, 30), width=2)
-        draw.text((4, top), f"{hi:.3g}", fill="black")
-        draw.text((4, bottom - 10), f"{lo:.3g}", fill="black")
-        draw.text((left, bottom + 6), f"step {int(steps[0])}", fill="black")
-        draw.text((right - 80, bottom + 6), f"step {int(steps[-1])}", fill="black")
-    img.save(path)
+def smooth(values: Sequence[float], weight: float) -> np.ndarray:
+    """Exponential moving average with the start-up bias removed (TensorBoard's smoothing): a
+    constant stays constant, and early points are not pulled towards zero."""
+    out, avg, norm = [], 0.0, 0.0
+    for v in values:
+        avg, norm = weight * avg + (1 - weight) * v, weight * norm + (1 - weight)
+        out.append(avg / norm)
+    return np.array(out)
+
+
+QUARTILES = [f"train/loss_q{q}" for q in range(4)]
+"""The loss of each quarter of the timesteps (q0: the least noisy), logged by the core."""
+
+
+def plot_losses(csv_path: Path, out: Path) -> None:
+    """`loss.png`: the training loss on a log scale, raw (faint) and smoothed, with the smoothed loss
+    of each timestep quarter, so a run reads at a glance: which noise levels still improve."""
+    import matplotlib
+
+    matplotlib.use("Agg")  # files only: no display on a training machine
+    from matplotlib import pyplot as plt
+
+    loss = read_metric(csv_path, "train/loss")
+    fig, ax = plt.subplots(figsize=(8, 4.5), dpi=100)
+    weight = min(0.9, 1 - 10 / max(len(loss), 10))  # about a tenth of the points per time constant
+    if loss:
+        steps, values = zip(*loss, strict=True)
+        ax.plot(steps, values, color="tab:red", alpha=0.25, linewidth=0.8, label="loss")
+        ax.plot(steps, smooth(values, weight), color="tab:red", linewidth=2, label="loss, smoothed")
+    colours = ["tab:blue", "tab:cyan", "tab:olive", "tab:purple"]
+    for q, (name, colour) in enumerate(zip(QUARTILES, colours, strict=True)):
+        points = read_metric(csv_path, name)
+        if points:
+            steps, values = zip(*points, strict=True)
+            label = f"t in quarter {q + 1} of 4" + (" (least noise)" if q == 0 else "")
+            ax.plot(steps, smooth(values, weight), color=colour, linewidth=1.2, label=label)
+    if loss and min(v for _, v in loss) > 0:
+        ax.set_yscale("log")
+    ax.set_xlabel("optimizer step")
+    ax.set_ylabel("training loss (hybrid)")
+    ax.set_title("training loss" if loss else "training loss: nothing logged yet")
+    ax.grid(True, which="both", alpha=0.3)
+    if loss:
+        ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
 
 
 class LossCurve(L.Callback):
@@ -206,4 +231,4 @@ class LossCurve(L.Callback):
     def on_train_end(self, trainer, pl_module) -> None:
         for logger in trainer.loggers:
             logger.save()
-        plot_curve(read_metric(self.csv_path, "train/loss"), self.out, "training loss (hybrid) by step")
+        plot_losses(self.csv_path, self.out)
