@@ -1,9 +1,9 @@
 """Attention layers of the U-Net: image self-attention (optionally GLIDE-style, with the text
-appended to its keys and values) and the seed's **weave attention** between image and text.
+appended to its keys and values) and frank's **weave attention** between image and text.
 
 Weave attention costs O(L * HW) memory per head (text length times pixels) where GLIDE's joint
-attention costs O((L + HW)^2); the seed chose weave for that reason, and glyphgen keeps both behind
-one interface for the head-to-head the seed's author never ran.
+attention costs O((L + HW)^2); frank chose weave for that reason, and glyphgen keeps both behind
+one interface for the head-to-head frank's author never ran.
 """
 
 from __future__ import annotations
@@ -71,7 +71,7 @@ class AxialPositionEmbedding(nn.Module):
 
 
 class WeaveAttention(nn.Module):
-    """The seed's weave layer, after a ResBlock in a low-resolution output block:
+    """frank's weave layer, after a ResBlock in a low-resolution output block:
     1. image-to-text attention: the (LayerNormed) text tokens query the image features;
     2. a feed-forward layer on the text;
     3. text-to-image attention: the image features query the updated text.

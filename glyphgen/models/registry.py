@@ -42,7 +42,7 @@ def tiny_sr() -> UNetConfig:
 
 
 def base64() -> UNetConfig:
-    """64 px base: the seed's first model that could write; the GPU quality run trains this one."""
+    """64 px base: the first size of frank that could write; the GPU quality run trains this one."""
     return UNetConfig(
         resolution=64,
         model_channels=128,
@@ -54,7 +54,7 @@ def base64() -> UNetConfig:
 
 
 def base128() -> UNetConfig:
-    """128 px base at the seed's size: 192 channels, mult (1,2,2,4,4), attention at 32/16/8."""
+    """128 px base at frank's size: 192 channels, mult (1,2,2,4,4), attention at 32/16/8."""
     return UNetConfig()
 
 

@@ -1,4 +1,4 @@
-"""The character-level text encoder (the seed's tl;dr; docs/architecture.md, "Tokenizer and text encoder").
+"""frank's character-level text encoder (docs/architecture.md, "Tokenizer and text encoder").
 
 A pre-norm transformer over character tokens whose input is the sum of
 - a token embedding,
@@ -8,7 +8,7 @@ A pre-norm transformer over character tokens whose input is the sum of
 - the diffusion **timestep embedding**, added to every token, so the encoder can extract different
   things from the text at different noise levels;
 and whose attention carries a T5-style bucketed **relative position bias**, one table shared by all
-layers (the seed's spelling jumped when it added this: letters are placed relative to each other).
+layers (frank's spelling jumped when it added this: letters are placed relative to each other).
 It returns the whole token sequence with its key-padding mask, not a pooled vector.
 """
 
@@ -84,7 +84,7 @@ class RelativePositionBias(nn.Module):
 
 
 def line_index(tokens: torch.Tensor, newline_id: int, max_lines: int) -> torch.Tensor:
-    """Newlines up to and including each position (the seed's cumsum of newlines), clamped."""
+    """Newlines up to and including each position (frank's cumsum of newlines), clamped."""
     return torch.cumsum(tokens == newline_id, dim=1).clamp(max=max_lines - 1)
 
 

@@ -2,7 +2,7 @@
 (docs/architecture.md, "Tokenizer and text encoder").
 
 Ids 0..4 are `pad`, `bos`, `eos`, `unk` and `null`; characters follow in alphabet order. Pad has an
-id of its own so the key-padding mask can never hide a real token (the seed's code reused BOS for
+id of its own so the key-padding mask can never hide a real token (frank's code reused BOS for
 padding and lost BOS in the mask). `null` is the classifier-free-guidance "no text" transcript.
 """
 
