@@ -22,8 +22,11 @@ from glyphgen.ocr import (
     OcrTimeout,
     group_lines,
     in_corner,
+    layout,
     time_limit,
 )
+from glyphgen.ocr import engine as engines
+from glyphgen.ocr.rapid import RapidOcr
 
 ROBOTO = str(Path(font_roboto.__file__).parent / "files" / "Roboto-Regular.ttf")
 
@@ -155,8 +158,10 @@ class FakeEngine:
 
 
 def with_engine(engine: FakeEngine) -> Ocr:
+    """An `Ocr` on the RapidOCR engine, with `engine` standing in for RapidOCR itself."""
     ocr = Ocr()
-    ocr._engine = engine
+    ocr._engine = RapidOcr(ocr.cfg)
+    ocr._engine._rapid = engine
     return ocr
 
 
@@ -221,3 +226,99 @@ def test_time_limit_is_not_applied_off_the_main_thread():
     thread.start()
     thread.join()
     assert done == [True]
+
+
+def test_unknown_engine_is_one_line_naming_it_and_the_choices():
+    with pytest.raises(
+        ValueError, match=r"^engine: unknown OCR engine 'tesseract'; known engines: rapidocr$"
+    ):
+        OcrConfig(engine="tesseract")
+    with pytest.raises(ValueError, match=r"^unknown OCR engine 'tesseract'; known engines: rapidocr$"):
+        engines.resolve_engine("tesseract")
+    cfg = OcrConfig()
+    cfg.engine = "tesseract"  # changed after validation: caught when the engine is made
+    with pytest.raises(ValueError, match="'tesseract'"):
+        Ocr(cfg).read(Image.new("RGB", (64, 64), "white"))
+
+
+class FixedEngine:
+    """A second engine: finds the same detections in every image (in the pixels it is given)."""
+
+    max_side = 1000
+
+    def __init__(self, cfg: OcrConfig):
+        self.cfg = cfg
+        self.loads = 0
+        self.sizes: list[tuple[int, int]] = []
+
+    def load(self) -> None:
+        self.loads += 1
+
+    def read(self, rgb: np.ndarray) -> list[Detection]:
+        self.sizes.append((rgb.shape[1], rgb.shape[0]))
+        return [
+            Detection((120, 100, 200, 140), "  world ", 0.8),
+            Detection((20, 104, 100, 138), "hello", 0.9),
+            Detection((20, 200, 90, 236), "again", 0.7),
+            Detection((30, 300, 60, 320), "faint", 0.2),  # below min_confidence
+            Detection((370, 370, 398, 398), "7", 0.9),  # in the bottom-right corner
+            Detection((200, 300, 260, 330), "   ", 0.9),  # empty once whitespace is collapsed
+        ]
+
+    def detect(self, rgb: np.ndarray) -> list[tuple[float, float, float, float]]:
+        return [d.box for d in self.read(rgb)]
+
+
+@pytest.fixture
+def fixed_engine():
+    engines.ENGINES["fixed"] = FixedEngine
+    try:
+        yield "fixed"
+    finally:
+        del engines.ENGINES["fixed"]
+
+
+def test_a_registered_engine_is_used_and_its_detections_laid_out(fixed_engine):
+    ocr = Ocr(OcrConfig(engine=fixed_engine, upscale_to=0))
+    result = ocr.read(Image.new("RGB", (400, 400), "white"))
+    assert isinstance(ocr.engine, FixedEngine) and ocr.engine.sizes == [(400, 400)]
+    assert result.text == "hello world\nagain"
+    assert [(d.text, d.line) for d in result.lines] == [("hello", 0), ("world", 0), ("again", 1)]
+    assert result.dropped_low_confidence == 2 and result.dropped_corner == 1
+    assert result.bounds == (20, 100, 200, 236)
+    assert (370, 370, 398, 398) not in ocr.detect(Image.new("RGB", (400, 400), "white"))
+
+
+def test_a_registered_engine_is_loaded_before_reading_and_its_boxes_scaled_back(fixed_engine):
+    ocr = Ocr(OcrConfig(engine=fixed_engine, upscale_to=800, corner_fraction=0.0))
+    result = ocr.read(Image.new("L", (200, 100), 255))  # upscaled 8x would be 1600 wide: capped at 1000
+    assert ocr.engine.sizes == [(1000, 500)] and ocr.engine.loads >= 1
+    assert result.lines[0].box == (4.0, 20.8, 20.0, 27.6)  # (20, 104, 100, 138) / 5
+
+
+def test_engine_failures_are_one_line_errors_naming_the_size(fixed_engine):
+    def broken(cfg):
+        engine = FixedEngine(cfg)
+        engine.read = lambda rgb: (_ for _ in ()).throw(RuntimeError("Traceback\n  deep\nbad input"))
+        return engine
+
+    engines.ENGINES[fixed_engine] = broken
+    with pytest.raises(
+        OcrError, match=r"^the OCR engine failed on this 30x20 image \(RuntimeError: bad input\)$"
+    ):
+        Ocr(OcrConfig(engine=fixed_engine)).read(Image.new("RGB", (30, 20), "white"))
+
+
+def test_layout_without_an_engine():
+    assert layout.box_of([(3, 9), (10, 2), (12, 8), (1, 7)]) == (1.0, 2.0, 12.0, 9.0)
+    assert layout.box_of(np.array([[3, 9], [10, 2]])) == (3.0, 2.0, 10.0, 9.0)
+    assert layout.scaled((10, 20, 30, 40), 2) == (5.0, 10.0, 15.0, 20.0)
+    assert layout.union([]) is None
+    assert layout.union([(0, 5, 10, 10), (4, 1, 8, 20)]) == (0, 1, 10, 20)
+    assert layout.in_corner((2, 2, 8, 8), 100, 50, 0.2) and not layout.in_corner((2, 2, 12, 8), 100, 50, 0.2)
+    lines = layout.group_lines(
+        [Detection((50, 0, 60, 10), "b", 1.0), Detection((0, 2, 40, 12), "a", 1.0)], 0.5
+    )
+    assert [[d.text for d in line] for line in lines] == [["a", "b"]]
+    result = layout.OcrResult("ab", (Detection((0, 0, 1, 1), "a", 1.0), Detection((0, 0, 1, 1), "bcd", 0.5)))
+    assert result.kept == 2 and result.confidence == pytest.approx((1.0 + 3 * 0.5) / 4)

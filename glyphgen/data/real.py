@@ -37,7 +37,8 @@ from glyphgen.data.shards import (
     require_build_settings,
     resolve_workers,
 )
-from glyphgen.ocr import Ocr, OcrConfig, OcrError, OcrTimeout, union
+from glyphgen.ocr import Ocr, OcrConfig, OcrError, OcrTimeout
+from glyphgen.ocr.layout import union
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MAX_TRANSCRIPT_BYTES = 1 << 20  # a sidecar bigger than this is not a transcript

@@ -20,7 +20,7 @@ under autocast, so the diffusion arithmetic around it stays in float32.
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -188,12 +188,31 @@ class Bundle:
         """Sample `n` images per prompt, read them with the OCR and score them against the prompts;
         see `glyphgen.eval.evaluate`. `Cascade.evaluate` scores a base with super-resolution stages."""
         options = with_options(options, **changes)
+        return score_samples(
+            lambda texts, k: self.sample(texts, k, options, progress=progress),
+            [self],
+            prompts,
+            n,
+            options,
+            ocr,
+        )
 
-        def draw(texts: list[str], k: int) -> list[Image.Image]:
-            return self.sample(texts, k, options, as_pil=True, progress=progress)
 
-        settings = {"bundle": self.name, "n": n, **dataclasses.asdict(self.options(options))}
-        return evaluate(draw, list(prompts), n, ocr=ocr, settings={**settings, "device": str(self.device)})
+def score_samples(
+    draw: Callable[[list[str], int], torch.Tensor],
+    stages: Sequence[Bundle],
+    prompts: Sequence[str],
+    n: int,
+    options: SamplingOptions,
+    ocr: Ocr | None,
+    **settings,
+) -> EvalReport:
+    """Score `draw(texts, k)` (uint8 images, k per text) with the OCR; the report's settings name the
+    bundles of `stages` (the base first) and what they sampled with, plus `settings`."""
+    base = stages[0]
+    about = {"bundle": base.name, "superres": [stage.name for stage in stages[1:]], "n": n}
+    about |= {**dataclasses.asdict(base.options(options)), **settings, "device": str(base.device)}
+    return evaluate(lambda texts, k: to_pil(draw(texts, k)), list(prompts), n, ocr=ocr, settings=about)
 
 
 def default_device() -> torch.device:

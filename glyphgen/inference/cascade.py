@@ -15,12 +15,10 @@ from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING
 
 import torch
-from PIL import Image
 
 from glyphgen.diffusion import Progress, SamplingOptions, with_options
-from glyphgen.eval.evaluate import EvalReport, evaluate
-from glyphgen.inference.bundle import Bundle
-from glyphgen.inference.sample import to_pil
+from glyphgen.eval.evaluate import EvalReport
+from glyphgen.inference.bundle import Bundle, score_samples
 
 if TYPE_CHECKING:
     from glyphgen.ocr import Ocr
@@ -117,16 +115,12 @@ class Cascade:
         """Sample `n` images per prompt through the whole cascade, read them with the OCR and score
         them against the prompts; see `glyphgen.eval.evaluate`."""
         options = with_options(options, **changes)
-
-        def draw(texts: list[str], k: int) -> list[Image.Image]:
-            return to_pil(self.sample(texts, k, options, progress))
-
-        settings = {
-            "bundle": self.base.name,
-            "superres": [stage.name for stage in self.superres],
-            "sr_guidance": self.sr_guidances(),
-            "n": n,
-            **dataclasses.asdict(self.base.options(options)),
-            "device": str(self.base.device),
-        }
-        return evaluate(draw, list(prompts), n, ocr=ocr, settings=settings)
+        return score_samples(
+            lambda texts, k: self.sample(texts, k, options, progress),
+            [self.base, *self.superres],
+            prompts,
+            n,
+            options,
+            ocr,
+            sr_guidance=self.sr_guidances(),
+        )

@@ -112,7 +112,7 @@ class PreemptionCheckpoint(L.Callback):
             self._save(trainer)
 
     def _save(self, trainer) -> None:
-        trainer.save_checkpoint(self.path)
+        trainer.save_checkpoint(self.path, weights_only=False)  # resumable: optimizer and loops too
         self.requested, self.preempted = False, True
 
     def on_train_end(self, trainer, pl_module) -> None:
@@ -151,7 +151,7 @@ class StageComplete(L.Callback):
         if self.preemption.preempted or (trainer.global_step < self.max_steps and not self.timed):
             return
         seconds = time.perf_counter() - self._start
-        trainer.save_checkpoint(self.final)
+        trainer.save_checkpoint(self.final, weights_only=False)  # resumable: optimizer and loops too
         if trainer.is_global_zero:
             record = {
                 "step": trainer.global_step,
