@@ -66,13 +66,15 @@ def autocast(device: str):
 def render_rate(resolution: int, count: int, repeats: int = 3) -> dict:
     """Synthetic samples (render + PNG encode) per second in this process, i.e. per worker."""
     from glyphgen.config import load_config
-    from glyphgen.data import synthetic
-    from glyphgen.data.fonts import discover_fonts
+    from glyphgen.data.synthetic import SyntheticBuilder, SyntheticConfig
 
-    cfg = load_config(synthetic.SyntheticConfig, values={"resolution": resolution, "count": count})
-    synthetic.init_worker(cfg, discover_fonts(cfg.fonts, cfg.alphabet))
+    builder = SyntheticBuilder(
+        load_config(SyntheticConfig, values={"resolution": resolution, "count": count})
+    )
+    builder.prepare(workers=1)
+    builder.setup()  # what a build's worker process does before its first sample
     indices = iter(range(10**9))  # fresh samples every run
-    t = timed(lambda: [synthetic.make_sample(next(indices)) for _ in range(count)], repeats)
+    t = timed(lambda: [builder.make_sample(next(indices)) for _ in range(count)], repeats)
     return {"bench": "synthetic render", "resolution": resolution, **per_second(count, t)}
 
 

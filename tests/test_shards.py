@@ -1,14 +1,26 @@
-"""Shard writing: manifest, all-or-nothing output, refusing to overwrite, parallel builds in order."""
+"""Shard writing: manifest, all-or-nothing output, refusing to overwrite, parallel builds in order,
+and the builder base that owns the pool, the manifest and the skips."""
 
 from __future__ import annotations
 
 import subprocess
 import tarfile
+from dataclasses import dataclass
 
 import pytest
 from conftest import png_bytes, text_image, write_shards
+from PIL import Image, ImageDraw
 
-from glyphgen.data.shards import Sample, ShardOutput, ShardsExistError, Skipped, build_shards, read_manifest
+from glyphgen.config import ConfigError, load_config
+from glyphgen.data.shards import (
+    Sample,
+    ShardBuildConfig,
+    ShardBuilder,
+    ShardOutput,
+    ShardsExistError,
+    Skipped,
+    read_manifest,
+)
 
 
 def test_manifest_lists_every_shard_with_its_count(tmp_path):
@@ -63,16 +75,47 @@ def test_manifest_errors_name_the_file(tmp_path):
         read_manifest(tmp_path)
 
 
-def _make(i: int):
-    if i % 5 == 3:
-        return Skipped("unlucky", f"item {i}")
-    return Sample(f"{i:04d}", png_bytes(text_image(str(i))), str(i))
+@dataclass
+class CounterConfig(ShardBuildConfig):
+    out: str = "unused"
+    """Folder the shards and manifest.json are written to."""
+    count: int = 20
+    """Tasks 0 .. count-1; every one with i % 5 == 3 is skipped."""
+
+
+class CounterBuilder(ShardBuilder):
+    """A tiny kind of shards: solid grey images holding their counter as text."""
+
+    kind = "counter"
+    chunksize = 3
+
+    def tasks(self):
+        return range(self.cfg.count)
+
+    def setup(self):  # per-process state, as a renderer or an OCR engine would be
+        self.grey = 128
+
+    def make_sample(self, i: int):
+        if i % 5 == 3:
+            return Skipped("unlucky", f"item {i}")
+        img = Image.new("L", (self.cfg.resolution,) * 2, self.grey)
+        ImageDraw.Draw(img).text((2, 2), str(i), fill=0)
+        return Sample(f"{i:04d}", png_bytes(img), str(i), {"grey": self.grey})
+
+    def manifest_extra(self):
+        return {"asked": self.cfg.count}
+
+
+class NothingBuilder(CounterBuilder):
+    def tasks(self):
+        return [3, 8]
 
 
 @pytest.mark.parametrize("workers", [1, 2])
-def test_build_shards_keeps_order_and_counts_skips(tmp_path, workers):
+def test_build_keeps_order_and_counts_skips(tmp_path, workers):
+    cfg = CounterConfig(out=str(tmp_path / "s"), shard_size=8, workers=workers)
     with pytest.warns(UserWarning, match="skipped \\(unlucky\\)"):
-        report = build_shards(tmp_path / "s", range(20), _make, maxcount=8, workers=workers, chunksize=3)
+        report = CounterBuilder(cfg).build()
     assert report.count == 16 and report.skipped["unlucky"] == 4 and report.shards == 2
     with tarfile.open(tmp_path / "s" / "shard-000000.tar") as tar:
         keys = [n.split(".")[0] for n in tar.getnames() if n.endswith(".txt")]
@@ -81,8 +124,35 @@ def test_build_shards_keeps_order_and_counts_skips(tmp_path, workers):
 
 def test_build_with_nothing_written_makes_no_folder(tmp_path):
     with pytest.raises(ValueError, match="no samples"):
-        build_shards(tmp_path / "s", [3, 8], _make, maxcount=8)
+        NothingBuilder(CounterConfig(out=str(tmp_path / "s"), workers=1)).build()
     assert not (tmp_path / "s").exists()
+
+
+def test_a_builder_subclass_gets_the_pool_the_manifest_and_the_skip_counts(tmp_path, capsys):
+    built = {}
+    for workers in (1, 2):
+        out = tmp_path / f"w{workers}"
+        cfg = CounterConfig(out=str(out), resolution=32, count=8, shard_size=4, workers=workers)
+        with pytest.warns(UserWarning, match=r"^skipped \(unlucky\): item 3$"):
+            report = CounterBuilder(cfg).build()  # make_sample fails unless setup ran in its process
+        assert report.count == 7 and dict(report.skipped) == {"unlucky": 1} and report.workers == workers
+        assert f"wrote 7 samples in 2 shards to {out}" in capsys.readouterr().err
+        assert "skipped: 1 unlucky" in report.summary()
+        built[workers] = {p.name: p.read_bytes() for p in sorted(out.glob("*.tar"))}
+        manifest = read_manifest(out)
+        assert manifest["kind"] == "counter" and manifest["resolution"] == 32 and manifest["asked"] == 8
+        assert manifest["count"] == 7 and [s["count"] for s in manifest["shards"]] == [4, 3]
+        common = {"format", "count", "shards", "members", "charset", "kind", "resolution"}
+        assert set(manifest) == common | {"asked"}
+    assert list(built[1]) == ["shard-000000.tar", "shard-000001.tar"] and built[1] == built[2]
+
+
+def test_the_base_config_checks_every_builders_common_fields():
+    with pytest.raises(ConfigError, match=r"^resolution: must be one of 32, 64, 128, 256, got 48"):
+        load_config(CounterConfig, overrides=["resolution=48"])
+    with pytest.raises(ConfigError, match=r"^workers: must be in \[0, 256\]"):
+        load_config(CounterConfig, values={"workers": 1000})
+    assert load_config(CounterConfig, overrides=["count=3"]).shard_size == 10_000
 
 
 # -- the output folder: only glyphgen's own shard folders are ever replaced --

@@ -31,14 +31,7 @@ from glyphgen.data.demo_text import cased, phrase_bank, short_words
 from glyphgen.data.fonts import FontConfig, FontInfo, discover_fonts, fonts_covering
 from glyphgen.data.images import load_image, to_png_bytes
 from glyphgen.data.real import ocr_and_fit, read_samples, save_preview, with_ocr_threads
-from glyphgen.data.shards import (
-    BuildReport,
-    Sample,
-    Skipped,
-    build_shards,
-    require_build_settings,
-    resolve_workers,
-)
+from glyphgen.data.shards import BuildReport, Sample, ShardBuildConfig, ShardBuilder, Skipped
 from glyphgen.ocr import Ocr, OcrConfig
 
 STYLES = ("caption", "sign", "subtitle", "tweet")
@@ -79,19 +72,13 @@ def _demo_fonts() -> FontConfig:
 
 
 @dataclass
-class DemoRealConfig:
+class DemoRealConfig(ShardBuildConfig):
     out: str = "data_shards/demo-real-64"
     """Folder the shards and manifest.json are written to."""
-    resolution: int = 64
-    """Image side in pixels: one of 32, 64, 128, 256."""
     count: int = 2000
     """Number of sample indices composed (a few are skipped when the OCR reads nothing)."""
-    shard_size: int = 10_000
-    """Samples per tar shard (webdataset maxcount)."""
     seed: int = 0
     """Base seed: sample i is a function of (seed, i) alone."""
-    workers: int = 0
-    """Worker processes; 0 means one per CPU core."""
     compose_size: int = 0
     """Side at which samples are composed and OCR'd; 0 means max(256, 3 x resolution)."""
     text_size: tuple[float, float] = (0.12, 0.2)
@@ -107,7 +94,7 @@ class DemoRealConfig:
     """Skip (and count) samples whose OCR transcript is empty."""
 
     def __post_init__(self):
-        require_build_settings(self.resolution, self.shard_size, self.workers)
+        super().__post_init__()
         require(self.count >= 1, "count", f"must be >= 1, got {self.count}")
         require(self.compose_size == 0 or self.compose_size >= 64, "compose_size", "must be 0 or >= 64")
         lo, hi = self.text_size
@@ -336,27 +323,46 @@ def _mask(width: int, height: int, radius: int) -> Image.Image:
     return mask
 
 
-# -- workers and the build ---------------------------------------------------------------------------
-
-_COMPOSER: Composer | None = None
-_OCR: Ocr | None = None
+# -- the build ---------------------------------------------------------------------------------------
 
 
-def init_worker(cfg: DemoRealConfig, fonts: list[FontInfo]) -> None:
-    global _COMPOSER, _OCR
-    _COMPOSER, _OCR = Composer(cfg, fonts), Ocr(cfg.ocr)
+class DemoBuilder(ShardBuilder):
+    """Sample `index` for every index below `cfg.count`: composed, then read by the OCR as real
+    images are. Each worker holds its own composer and OCR engine (made on first use)."""
 
+    kind = "real"
+    chunksize = 4
 
-def make_sample(index: int) -> Sample | Skipped:
-    made = _COMPOSER.compose(index)
-    if made is None:
-        return Skipped("text did not fit", f"sample {index}")
-    img, drawn, style = made
-    fitted, text, meta = ocr_and_fit(img, _OCR, _COMPOSER.cfg.resolution)
-    if _COMPOSER.cfg.skip_empty and not text.strip():
-        return Skipped("empty transcript", f"sample {index} ({style})")
-    meta.update(source="demo", style=style, transcript="ocr", drawn_text="\n".join(drawn))
-    return Sample(f"{index:08d}", to_png_bytes(fitted), text, meta)
+    def tasks(self) -> range:
+        return range(self.cfg.count)
+
+    def prepare(self, workers: int) -> None:
+        self.fonts = discover_fonts(self.cfg.fonts, ALPHABET)
+        self.cfg = dataclasses.replace(self.cfg, ocr=with_ocr_threads(self.cfg.ocr, workers))
+        photos()  # loaded once here, so forked workers share them
+
+    def setup(self) -> None:
+        self.composer, self.ocr = Composer(self.cfg, self.fonts), Ocr(self.cfg.ocr)
+
+    def make_sample(self, index: int) -> Sample | Skipped:
+        made = self.composer.compose(index)
+        if made is None:
+            return Skipped("text did not fit", f"sample {index}")
+        img, drawn, style = made
+        fitted, text, meta = ocr_and_fit(img, self.ocr, self.cfg.resolution)
+        if self.cfg.skip_empty and not text.strip():
+            return Skipped("empty transcript", f"sample {index} ({style})")
+        meta.update(source="demo", style=style, transcript="ocr", drawn_text="\n".join(drawn))
+        return Sample(f"{index:08d}", to_png_bytes(fitted), text, meta)
+
+    def manifest_extra(self) -> dict:
+        source = "demo (scikit-image photographs with composed text)"
+        return {"source": source, "seed": self.cfg.seed, "requested_count": self.cfg.count}
+
+    def finish(self, preview: str | Path | None) -> None:
+        print(agreement_summary(self.cfg.out), file=sys.stderr)
+        if preview is not None:
+            save_preview(self.cfg.out, preview)
 
 
 def agreement_summary(folder: str | Path) -> str:
@@ -378,29 +384,4 @@ def build_demo_real_shards(
 ) -> BuildReport:
     """Compose and transcribe `cfg.count` demo samples into shards at `cfg.out`; with `preview`, also
     write a grid PNG of the first samples and their transcripts there."""
-    fonts = discover_fonts(cfg.fonts, ALPHABET)
-    workers = min(resolve_workers(cfg.workers), cfg.count)
-    cfg = dataclasses.replace(cfg, ocr=with_ocr_threads(cfg.ocr, workers))
-    photos()  # loaded once here, so forked workers share them
-    report = build_shards(
-        cfg.out,
-        range(cfg.count),
-        make_sample,
-        maxcount=cfg.shard_size,
-        workers=workers,
-        overwrite=overwrite,
-        init=init_worker,
-        initargs=(cfg, fonts),
-        manifest_extra={
-            "kind": "real",
-            "resolution": cfg.resolution,
-            "source": "demo (scikit-image photographs with composed text)",
-            "seed": cfg.seed,
-            "requested_count": cfg.count,
-        },
-        chunksize=4,
-    )
-    print(agreement_summary(cfg.out), file=sys.stderr)
-    if preview is not None:
-        save_preview(cfg.out, preview)
-    return report
+    return DemoBuilder(cfg).build(overwrite, preview)

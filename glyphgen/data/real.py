@@ -32,9 +32,9 @@ from glyphgen.data.images import DEFAULT_MAX_PIXELS, BadImage, fit_square, load_
 from glyphgen.data.shards import (
     BuildReport,
     Sample,
+    ShardBuildConfig,
+    ShardBuilder,
     Skipped,
-    build_shards,
-    require_build_settings,
     resolve_workers,
 )
 from glyphgen.ocr import Ocr, OcrConfig, OcrError, OcrTimeout
@@ -46,7 +46,7 @@ PREVIEW_COUNT = 32
 
 
 @dataclass
-class RealConfig:
+class RealConfig(ShardBuildConfig):
     images: str | None = None
     """A folder of images (searched recursively), each with an optional `name.txt` transcript."""
     manifest: str | None = None
@@ -54,12 +54,6 @@ class RealConfig:
     must stay inside it. Give exactly one of `images` and `manifest`."""
     out: str = "data_shards/real-64"
     """Folder the shards and manifest.json are written to."""
-    resolution: int = 64
-    """Image side in pixels: one of 32, 64, 128, 256."""
-    shard_size: int = 10_000
-    """Samples per tar shard (webdataset maxcount)."""
-    workers: int = 0
-    """Worker processes; 0 means one per CPU core."""
     max_pixels: int = DEFAULT_MAX_PIXELS
     """Images with more pixels than this (by their header) are skipped before decoding."""
     max_aspect: float = 50.0
@@ -92,7 +86,7 @@ class RealConfig:
             "manifest",
             f"{self.manifest!r} is not a file (give a JSONL manifest, or a folder with --images)",
         )
-        require_build_settings(self.resolution, self.shard_size, self.workers)
+        super().__post_init__()
         require(self.max_pixels >= 1, "max_pixels", f"must be >= 1, got {self.max_pixels}")
         require(self.max_aspect >= 1, "max_aspect", f"must be >= 1, got {self.max_aspect}")
         require(
@@ -219,49 +213,65 @@ def ocr_and_fit(
     return fitted, result.text, meta
 
 
-# -- workers -------------------------------------------------------------------------------------------
-
-_CFG: RealConfig | None = None
-_OCR: Ocr | None = None
+# -- the build ---------------------------------------------------------------------------------------
 
 
-def init_worker(cfg: RealConfig) -> None:
-    """Per-process setup: the OCR engine itself is only created if some image needs it."""
-    global _CFG, _OCR
-    _CFG, _OCR = cfg, Ocr(cfg.ocr)
+class RealBuilder(ShardBuilder):
+    """One task per input image; each worker holds its own OCR engine, made on first use."""
 
+    kind = "real"
+    chunksize = 4  # OCR makes samples slow and uneven: small chunks keep the workers balanced
 
-def make_sample(task: RealTask) -> Sample | Skipped:
-    if task.error is not None:
-        return task.error
-    try:
-        img = load_image(task.path, _CFG.max_pixels)
-    except BadImage as e:
-        return Skipped(e.reason, f"{task.source}: {e.detail}")
-    if max(img.size) > _CFG.max_aspect * min(img.size):
-        why = f"{task.source}: {img.width}x{img.height} is over max_aspect={_CFG.max_aspect:g}:1"
-        return Skipped("extreme aspect ratio", why)
-    meta = {"source": task.source, "width": img.width, "height": img.height}
-    limit = _CFG.ocr_time_limit
-    try:
-        if task.sidecar is not None or task.text is not None:
-            try:
-                text = read_sidecar(task.sidecar) if task.sidecar is not None else task.text
-            except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
-                return Skipped("unreadable transcript", f"{task.source}: {e}")
-            meta["transcript"] = "sidecar" if task.sidecar is not None else "manifest"
-            keep = union(_OCR.detect(img, limit)) if _CFG.locate_text and text.strip() else None
-            img, meta["padded"] = fit_square(img, _CFG.resolution, keep)
-        else:
-            img, text, ocr_meta = ocr_and_fit(img, _OCR, _CFG.resolution, limit)
-            meta.update(transcript="ocr", **ocr_meta)
-    except OcrTimeout as e:
-        return Skipped("OCR time limit", f"{task.source}: {e}")
-    except OcrError as e:
-        return Skipped("OCR failed", f"{task.source}: {e}")
-    if _CFG.skip_empty and not text.strip():
-        return Skipped("empty transcript", task.source)
-    return Sample(f"{task.index:08d}", to_png_bytes(img), text, meta)
+    def tasks(self) -> list[RealTask]:
+        cfg = self.cfg
+        return folder_tasks(cfg.images) if cfg.images is not None else manifest_tasks(cfg.manifest)
+
+    def prepare(self, workers: int) -> None:
+        self.cfg = dataclasses.replace(self.cfg, ocr=with_ocr_threads(self.cfg.ocr, workers))
+
+    def setup(self) -> None:
+        self.ocr = Ocr(self.cfg.ocr)  # the engine itself is only created if some image needs it
+
+    def make_sample(self, task: RealTask) -> Sample | Skipped:
+        if task.error is not None:
+            return task.error
+        cfg = self.cfg
+        try:
+            img = load_image(task.path, cfg.max_pixels)
+        except BadImage as e:
+            return Skipped(e.reason, f"{task.source}: {e.detail}")
+        if max(img.size) > cfg.max_aspect * min(img.size):
+            why = f"{task.source}: {img.width}x{img.height} is over max_aspect={cfg.max_aspect:g}:1"
+            return Skipped("extreme aspect ratio", why)
+        meta = {"source": task.source, "width": img.width, "height": img.height}
+        limit = cfg.ocr_time_limit
+        try:
+            if task.sidecar is not None or task.text is not None:
+                try:
+                    text = read_sidecar(task.sidecar) if task.sidecar is not None else task.text
+                except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
+                    return Skipped("unreadable transcript", f"{task.source}: {e}")
+                meta["transcript"] = "sidecar" if task.sidecar is not None else "manifest"
+                keep = union(self.ocr.detect(img, limit)) if cfg.locate_text and text.strip() else None
+                img, meta["padded"] = fit_square(img, cfg.resolution, keep)
+            else:
+                img, text, ocr_meta = ocr_and_fit(img, self.ocr, cfg.resolution, limit)
+                meta.update(transcript="ocr", **ocr_meta)
+        except OcrTimeout as e:
+            return Skipped("OCR time limit", f"{task.source}: {e}")
+        except OcrError as e:
+            return Skipped("OCR failed", f"{task.source}: {e}")
+        if cfg.skip_empty and not text.strip():
+            return Skipped("empty transcript", task.source)
+        return Sample(f"{task.index:08d}", to_png_bytes(img), text, meta)
+
+    def manifest_extra(self) -> dict:
+        return {"source": str(self.cfg.images if self.cfg.images is not None else self.cfg.manifest)}
+
+    def finish(self, preview: str | Path | None) -> None:
+        print(transcript_summary(self.cfg.out), file=sys.stderr)
+        if preview is not None:
+            save_preview(self.cfg.out, preview)
 
 
 def with_ocr_threads(ocr: OcrConfig, workers: int) -> OcrConfig:
@@ -316,23 +326,4 @@ def build_real_shards(
 ) -> BuildReport:
     """Turn `cfg.images` or `cfg.manifest` into shards at `cfg.out`; with `preview`, also write a grid
     PNG of the first samples and their transcripts there."""
-    source = cfg.images if cfg.images is not None else cfg.manifest
-    tasks = folder_tasks(cfg.images) if cfg.images is not None else manifest_tasks(cfg.manifest)
-    workers = min(resolve_workers(cfg.workers), max(1, len(tasks)))
-    cfg = dataclasses.replace(cfg, ocr=with_ocr_threads(cfg.ocr, workers))
-    report = build_shards(
-        cfg.out,
-        tasks,
-        make_sample,
-        maxcount=cfg.shard_size,
-        workers=workers,
-        overwrite=overwrite,
-        init=init_worker,
-        initargs=(cfg,),
-        manifest_extra={"kind": "real", "resolution": cfg.resolution, "source": str(source)},
-        chunksize=4,  # OCR makes samples slow and uneven: small chunks keep the workers balanced
-    )
-    print(transcript_summary(cfg.out), file=sys.stderr)
-    if preview is not None:
-        save_preview(cfg.out, preview)
-    return report
+    return RealBuilder(cfg).build(overwrite, preview)

@@ -23,10 +23,10 @@ import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sized
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import webdataset as wds
 
@@ -40,12 +40,26 @@ MAX_WORKERS = 256
 """Most worker processes a build may start: a typo must not fork thousands."""
 
 
-def require_build_settings(resolution: int, shard_size: int, workers: int) -> None:
-    """The checks every shard builder's config makes in its `__post_init__`."""
-    sides = ", ".join(map(str, RESOLUTIONS))
-    require(resolution in RESOLUTIONS, "resolution", f"must be one of {sides}, got {resolution}")
-    require(shard_size >= 1, "shard_size", f"must be >= 1, got {shard_size}")
-    require(0 <= workers <= MAX_WORKERS, "workers", f"must be in [0, {MAX_WORKERS}], got {workers}")
+@dataclass
+class ShardBuildConfig:
+    """The settings every kind of shard build has. Each builder's config subclasses it, redeclares
+    `out` with its own default folder, and calls `super().__post_init__()` from its own."""
+
+    out: str
+    """Folder the shards and manifest.json are written to."""
+    resolution: int = 64
+    """Image side in pixels: one of 32, 64, 128, 256."""
+    shard_size: int = 10_000
+    """Samples per tar shard (webdataset maxcount)."""
+    workers: int = 0
+    """Worker processes; 0 means one per CPU core."""
+
+    def __post_init__(self):
+        sides = ", ".join(map(str, RESOLUTIONS))
+        res, size, workers = self.resolution, self.shard_size, self.workers
+        require(res in RESOLUTIONS, "resolution", f"must be one of {sides}, got {res}")
+        require(size >= 1, "shard_size", f"must be >= 1, got {size}")
+        require(0 <= workers <= MAX_WORKERS, "workers", f"must be in [0, {MAX_WORKERS}], got {workers}")
 
 
 FORMAT = "glyphgen-shards/1"
@@ -249,31 +263,7 @@ def read_manifest(folder: str | Path) -> dict:
     return manifest
 
 
-# -- parallel builds --------------------------------------------------------------------------------
-
-_MAKE: Callable | None = None
-
-
-def _init_worker(make_sample: Callable, init: Callable | None, initargs: tuple) -> None:
-    global _MAKE
-    _MAKE = make_sample
-    if init is not None:
-        init(*initargs)
-
-
-def _run_task(task: Any) -> Sample | Skipped:
-    return _MAKE(task)
-
-
-def _map(tasks: Iterable, make_sample, workers: int, init, initargs, chunksize: int) -> Iterator:
-    if workers <= 1:
-        _init_worker(make_sample, init, initargs)
-        yield from map(_run_task, tasks)
-        return
-    # fork is fastest and keeps module state; spawn where fork does not exist.
-    ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-    with ctx.Pool(workers, initializer=_init_worker, initargs=(make_sample, init, initargs)) as pool:
-        yield from pool.imap(_run_task, tasks, chunksize=chunksize)
+# -- builders ----------------------------------------------------------------------------------------
 
 
 def resolve_workers(workers: int) -> int:
@@ -286,39 +276,101 @@ def resolve_workers(workers: int) -> int:
         return max(1, os.cpu_count() or 1)
 
 
-def build_shards(
-    out: str | Path,
-    tasks: Iterable,
-    make_sample: Callable[[Any], Sample | Skipped],
-    *,
-    maxcount: int,
-    workers: int = 1,
-    overwrite: bool = False,
-    init: Callable | None = None,
-    initargs: tuple = (),
-    manifest_extra: dict | None = None,
-    chunksize: int = 16,
-    max_warnings: int = 20,
-) -> BuildReport:
-    """Run `make_sample(task)` for every task on `workers` processes (results kept in task order,
-    so the output depends only on the tasks) and write the samples as shards to `out`.
+class ShardBuilder:
+    """One kind of shard build: a subclass says what each sample is, this class writes the shards.
 
-    `make_sample` and `init` must be module-level functions (they cross process boundaries);
-    `init(*initargs)` runs once per worker to set up expensive state (fonts, an OCR engine).
-    A `Skipped` result is counted and warned about (the first `max_warnings`), never fatal."""
-    workers = resolve_workers(workers)
-    skipped: Counter = Counter()
-    start = time.perf_counter()
-    with ShardOutput(out, maxcount=maxcount, overwrite=overwrite, manifest_extra=manifest_extra) as sink:
-        for result in _map(tasks, make_sample, workers, init, initargs, chunksize):
-            if isinstance(result, Skipped):
-                skipped[result.reason] += 1
-                if sum(skipped.values()) <= max_warnings:
-                    warnings.warn(f"skipped ({result.reason}): {result.detail}", stacklevel=2)
-                continue
-            sink.write(result)
-    seconds = time.perf_counter() - start
-    n_shards = len(list(Path(out).glob("*.tar")))
-    report = BuildReport(Path(out), sink.count, skipped, seconds, workers, n_shards)
-    print(report.summary(), file=sys.stderr)
-    return report
+    `build` lists the `tasks()` and picks the worker count in the calling process, calls `prepare`
+    there (state that every worker shares, such as the discovered fonts), then runs
+    `make_sample(task)` for every task on the worker processes, keeping task order, so the output
+    depends on the tasks alone. Each worker process first calls `setup()` once: heavy per-process
+    state (a renderer, an OCR engine) becomes attributes of the builder there. Workers get a copy of
+    the builder (forked, or pickled where fork does not exist), so it must stay picklable until
+    `setup` has run. A `Skipped` result is counted and warned about, never fatal. The manifest holds
+    `kind`, `resolution` and `manifest_extra()`."""
+
+    kind: ClassVar[str] = ""
+    """The manifest's `kind`: what the samples are ("synthetic", "real")."""
+    chunksize: ClassVar[int] = 16
+    """Tasks handed to a worker at a time: small when samples are slow and uneven (OCR)."""
+    max_warnings: ClassVar[int] = 20
+    """Skips warned about one by one; the rest are only counted."""
+
+    def __init__(self, cfg: ShardBuildConfig):
+        self.cfg = cfg
+
+    def tasks(self) -> Iterable:
+        """What `make_sample` is called with, in output order."""
+        raise NotImplementedError
+
+    def prepare(self, workers: int) -> None:
+        """Once, in the building process, before any worker starts."""
+
+    def setup(self) -> None:
+        """Once per worker process, before its first task."""
+
+    def make_sample(self, task: Any) -> Sample | Skipped:
+        raise NotImplementedError
+
+    def manifest_extra(self) -> dict[str, Any]:
+        """Manifest entries of this kind of build, beside `kind` and `resolution`."""
+        return {}
+
+    def finish(self, preview: str | Path | None) -> None:
+        """Once the shards are in place: summaries and, when `preview` is given, a grid PNG there."""
+
+    def worker_count(self, tasks: Iterable) -> int:
+        """`cfg.workers` resolved, and never more than there are tasks."""
+        workers = resolve_workers(self.cfg.workers)
+        return min(workers, max(1, len(tasks))) if isinstance(tasks, Sized) else workers
+
+    def results(self, tasks: Iterable, workers: int) -> Iterator[Sample | Skipped]:
+        """`make_sample` of every task, in task order, on `workers` processes (one: this one)."""
+        if workers <= 1:
+            self.setup()
+            yield from map(self.make_sample, tasks)
+            return
+        # fork is fastest and keeps module state; spawn where fork does not exist.
+        ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
+        with ctx.Pool(workers, initializer=start_worker, initargs=(self,)) as pool:
+            yield from pool.imap(run_in_worker, tasks, chunksize=self.chunksize)
+
+    def build(self, overwrite: bool = False, preview: str | Path | None = None) -> BuildReport:
+        """Write every task's sample as shards to `cfg.out`; then `finish(preview)`."""
+        cfg = self.cfg
+        tasks = self.tasks()
+        workers = self.worker_count(tasks)
+        self.prepare(workers)
+        manifest = {"kind": self.kind, "resolution": cfg.resolution, **self.manifest_extra()}
+        skipped: Counter = Counter()
+        start = time.perf_counter()
+        with ShardOutput(
+            cfg.out, maxcount=cfg.shard_size, overwrite=overwrite, manifest_extra=manifest
+        ) as sink:
+            for result in self.results(tasks, workers):
+                if isinstance(result, Skipped):
+                    skipped[result.reason] += 1
+                    if sum(skipped.values()) <= self.max_warnings:
+                        warnings.warn(f"skipped ({result.reason}): {result.detail}", stacklevel=2)
+                    continue
+                sink.write(result)
+        seconds = time.perf_counter() - start
+        n_shards = len(list(Path(cfg.out).glob("*.tar")))
+        report = BuildReport(Path(cfg.out), sink.count, skipped, seconds, workers, n_shards)
+        print(report.summary(), file=sys.stderr)
+        self.finish(preview)
+        return report
+
+
+_WORKER: ShardBuilder | None = None
+"""The set-up builder whose tasks this worker process runs: the only per-process state of a build."""
+
+
+def start_worker(builder: ShardBuilder) -> None:
+    """Make this process a worker of `builder` (the pool's initializer)."""
+    global _WORKER
+    builder.setup()
+    _WORKER = builder
+
+
+def run_in_worker(task: Any) -> Sample | Skipped:
+    return _WORKER.make_sample(task)

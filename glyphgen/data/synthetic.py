@@ -26,9 +26,10 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from glyphgen.config import require
+from glyphgen.data import shards
 from glyphgen.data.fonts import FontConfig, FontInfo, discover_fonts, fonts_covering
 from glyphgen.data.preview import save_grid
-from glyphgen.data.shards import BuildReport, Sample, Skipped, build_shards, require_build_settings
+from glyphgen.data.shards import BuildReport, Sample, ShardBuildConfig, ShardBuilder, Skipped
 from glyphgen.data.text_sources import TextConfig, TextSampler
 from glyphgen.text.alphabet import DEFAULT_ALPHABET
 
@@ -94,19 +95,13 @@ class RenderConfig:
 
 
 @dataclass
-class SyntheticConfig:
+class SyntheticConfig(ShardBuildConfig):
     out: str = "data_shards/synthetic-64"
     """Folder the shards and manifest.json are written to."""
-    resolution: int = 64
-    """Image side in pixels: one of 32, 64, 128, 256."""
     count: int = 100_000
     """Number of sample indices to render (a few may be skipped when their text cannot fit)."""
-    shard_size: int = 10_000
-    """Samples per tar shard (webdataset maxcount)."""
     seed: int = 0
     """Base seed: sample i is a function of (seed, i) alone."""
-    workers: int = 0
-    """Worker processes; 0 means one per CPU core."""
     fonts: FontConfig = field(default_factory=FontConfig)
     """Where fonts come from."""
     text: TextConfig = field(default_factory=TextConfig)
@@ -117,7 +112,7 @@ class SyntheticConfig:
     """Characters transcripts may use (must match the tokenizer's alphabet)."""
 
     def __post_init__(self):
-        require_build_settings(self.resolution, self.shard_size, self.workers)
+        super().__post_init__()
         require(self.count >= 1, "count", f"must be >= 1, got {self.count}")
 
 
@@ -352,17 +347,41 @@ class SyntheticRenderer:
         return Sample(f"{index:09d}", encode_png(image), "\n".join(layout.lines), meta)
 
 
-_RENDERER: SyntheticRenderer | None = None
+class SyntheticBuilder(ShardBuilder):
+    """Sample `index` for every index below `cfg.count`; each worker holds its own renderer."""
 
+    kind = "synthetic"
 
-def init_worker(cfg: SyntheticConfig, fonts: list[FontInfo]) -> None:
-    """Per-process setup for `build_shards`: fonts are discovered once by the parent and passed in."""
-    global _RENDERER
-    _RENDERER = SyntheticRenderer(cfg, fonts)
+    def __init__(self, cfg: SyntheticConfig, fonts: list[FontInfo] | None = None):
+        super().__init__(cfg)
+        self.fonts = fonts
 
+    def tasks(self) -> range:
+        return range(self.cfg.count)
 
-def make_sample(index: int) -> Sample | Skipped:
-    return _RENDERER.render_sample(index)
+    def worker_count(self, tasks: range) -> int:
+        return shards.resolve_workers(self.cfg.workers)  # as many as asked, even for fewer samples
+
+    def prepare(self, workers: int) -> None:
+        self.fonts = self.fonts or discover_fonts(self.cfg.fonts, self.cfg.alphabet)  # once, for all
+
+    def setup(self) -> None:
+        self.renderer = SyntheticRenderer(self.cfg, self.fonts)
+
+    def make_sample(self, index: int) -> Sample | Skipped:
+        return self.renderer.render_sample(index)
+
+    def manifest_extra(self) -> dict:
+        return {"seed": self.cfg.seed, "requested_count": self.cfg.count}
+
+    def finish(self, preview: str | Path | None) -> None:
+        if preview is None:
+            return
+        renderer = SyntheticRenderer(self.cfg, self.fonts)
+        samples = [renderer.render_sample(i) for i in range(min(PREVIEW_COUNT, self.cfg.count))]
+        samples = [s for s in samples if isinstance(s, Sample)]
+        images = [Image.open(io.BytesIO(s.png)) for s in samples]
+        save_grid(images, [s.text for s in samples], preview, cell=max(128, self.cfg.resolution))
 
 
 def build_synthetic_shards(
@@ -370,27 +389,4 @@ def build_synthetic_shards(
 ) -> BuildReport:
     """Render `cfg.count` samples into shards at `cfg.out`; with `preview`, also write a grid PNG of
     the first samples with their transcripts there."""
-    fonts = discover_fonts(cfg.fonts, cfg.alphabet)
-    report = build_shards(
-        cfg.out,
-        range(cfg.count),
-        make_sample,
-        maxcount=cfg.shard_size,
-        workers=cfg.workers,
-        overwrite=overwrite,
-        init=init_worker,
-        initargs=(cfg, fonts),
-        manifest_extra={
-            "kind": "synthetic",
-            "resolution": cfg.resolution,
-            "seed": cfg.seed,
-            "requested_count": cfg.count,
-        },
-    )
-    if preview is not None:
-        renderer = SyntheticRenderer(cfg, fonts)
-        samples = [renderer.render_sample(i) for i in range(min(PREVIEW_COUNT, cfg.count))]
-        samples = [s for s in samples if isinstance(s, Sample)]
-        images = [Image.open(io.BytesIO(s.png)) for s in samples]
-        save_grid(images, [s.text for s in samples], preview, cell=max(128, cfg.resolution))
-    return report
+    return SyntheticBuilder(cfg).build(overwrite, preview)
