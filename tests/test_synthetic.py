@@ -13,7 +13,7 @@ import pytest
 from PIL import Image
 
 from glyphgen.config import ConfigError, load_config
-from glyphgen.data.fonts import discover_fonts
+from glyphgen.data.fonts import discover_fonts, wrap_line
 from glyphgen.data.shards import Sample, Skipped
 from glyphgen.data.synthetic import (
     RenderConfig,
@@ -22,7 +22,6 @@ from glyphgen.data.synthetic import (
     build_synthetic_shards,
     contrasting,
     encode_png,
-    wrap_line,
 )
 from glyphgen.text.tokenizer import DEFAULT_ALPHABET
 

@@ -28,7 +28,7 @@ from PIL import Image, ImageDraw, ImageEnhance, ImageFilter, ImageFont, ImageOps
 
 from glyphgen.config import require
 from glyphgen.data.demo_text import cased, phrase_bank, short_words
-from glyphgen.data.fonts import FontConfig, FontInfo, discover_fonts, fonts_covering
+from glyphgen.data.fonts import FontConfig, FontInfo, discover_fonts, fonts_covering, load_font, wrap_line
 from glyphgen.data.images import load_image, to_png_bytes
 from glyphgen.data.real import ocr_and_fit, read_samples, save_preview, with_ocr_threads
 from glyphgen.data.shards import BuildReport, Sample, ShardBuildConfig, ShardBuilder, Skipped
@@ -108,22 +108,12 @@ class DemoRealConfig(ShardBuildConfig):
 # -- layout ------------------------------------------------------------------------------------------
 
 
-@cache
-def _font(path: str, size: int) -> ImageFont.FreeTypeFont:
-    return ImageFont.truetype(path, size, layout_engine=ImageFont.Layout.BASIC)
-
-
 def _wrap(text: str, font: ImageFont.FreeTypeFont, width: float) -> list[str] | None:
     """Greedy word wrap; None when a single word is wider than `width`."""
-    lines: list[str] = []
-    for word in text.split():
-        if font.getlength(word) > width:
-            return None
-        if lines and font.getlength(f"{lines[-1]} {word}") <= width:
-            lines[-1] += f" {word}"
-        else:
-            lines.append(word)
-    return lines
+    words = text.split()
+    if any(font.getlength(word) > width for word in words):
+        return None
+    return wrap_line(" ".join(words), font.getlength, width)
 
 
 def _block_height(n: int, font: ImageFont.FreeTypeFont) -> int:
@@ -132,7 +122,7 @@ def _block_height(n: int, font: ImageFont.FreeTypeFont) -> int:
 
 
 @dataclass(frozen=True)
-class Block:
+class TextBlock:
     """Wrapped lines of one font at one size."""
 
     font: ImageFont.FreeTypeFont
@@ -162,10 +152,10 @@ def fit_block(text: str, path: str, width: float, height: float, sizes: tuple[in
     lo, hi = sizes
     size = hi
     while size >= lo:
-        font = _font(path, size)
+        font = load_font(path, size)
         lines = _wrap(text, font, width)
         if lines and len(lines) <= max_lines and _block_height(len(lines), font) <= height:
-            return Block(font, lines)
+            return TextBlock(font, lines)
         size = min(size - 1, int(size * 0.94))
     return None
 

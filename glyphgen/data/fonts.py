@@ -12,7 +12,9 @@ from __future__ import annotations
 import importlib.metadata
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 
 from fontTools.ttLib import TTFont
@@ -236,3 +238,27 @@ def format_font_table(fonts: list[FontInfo], alphabet: str) -> str:
     plural = "" if len(fonts) == 1 else "s"
     lines.append(f"{len(fonts)} font{plural}, {full} cover the whole alphabet ({total} characters)")
     return "\n".join(lines)
+
+
+@lru_cache(maxsize=2048)
+def load_font(path: str, size: int) -> ImageFont.FreeTypeFont:
+    """The font file at `path` at `size` pixels, cached: every renderer asks for the same few sizes
+    of each font again and again. Basic layout: fast, and identical on machines with and without
+    libraqm."""
+    return ImageFont.truetype(path, size, layout_engine=ImageFont.Layout.BASIC)
+
+
+def wrap_line(line: str, width_of: Callable[[str], float], width: float) -> list[str]:
+    """Greedy word wrap: as many words per row as fit in `width` (as measured by `width_of`); a
+    word wider than `width` stays on a row of its own (the caller decides what to do with it)."""
+    words = line.split(" ")
+    rows, current = [], words[0]
+    for word in words[1:]:
+        candidate = f"{current} {word}"
+        if width_of(candidate) <= width:
+            current = candidate
+        else:
+            rows.append(current)
+            current = word
+    rows.append(current)
+    return rows

@@ -17,9 +17,8 @@ import math
 import random
 import struct
 import zlib
-from collections.abc import Callable
 from dataclasses import dataclass, field
-from functools import cache, lru_cache
+from functools import cache
 from pathlib import Path
 
 import numpy as np
@@ -27,7 +26,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from glyphgen.config import require
 from glyphgen.data import shards
-from glyphgen.data.fonts import FontConfig, FontInfo, discover_fonts, fonts_covering
+from glyphgen.data.fonts import FontConfig, FontInfo, discover_fonts, fonts_covering, load_font, wrap_line
 from glyphgen.data.preview import save_grid
 from glyphgen.data.shards import BuildReport, Sample, ShardBuildConfig, ShardBuilder, Skipped
 from glyphgen.data.text_sources import TextConfig, TextSampler
@@ -116,18 +115,12 @@ class SyntheticConfig(ShardBuildConfig):
         require(self.count >= 1, "count", f"must be >= 1, got {self.count}")
 
 
-@lru_cache(maxsize=2048)
-def _truetype(path: str, size: int) -> ImageFont.FreeTypeFont:
-    # Basic layout: fast, and identical on machines with and without libraqm.
-    return ImageFont.truetype(path, size, layout_engine=ImageFont.Layout.BASIC)
-
-
 class _Metrics:
     """Advance and ink extent of each character of one font, measured once at size `_REF` and
     scaled: laying out a text is then arithmetic, not a FreeType call per candidate size."""
 
     def __init__(self, font: FontInfo):
-        self.font = _truetype(font.path, _REF)
+        self.font = load_font(font.path, _REF)
         self.chars: dict[str, tuple[float, int, int]] = {}
         tops = [self.font.getbbox(ch, anchor="ls")[1] for ch in "HEIXT0" if ch in font.coverage]
         self.cap = -min(tops) / _REF if tops and min(tops) < 0 else _CAP_HEIGHT  # capital height, in ems
@@ -160,22 +153,6 @@ def _metrics(font: FontInfo) -> _Metrics:
 def _ladder_below(size: float) -> int:
     """The largest quantised font size <= `size` (the smallest one if none is)."""
     return max((s for s in _SIZE_LADDER if s <= size), default=_SIZE_LADDER[0])
-
-
-def wrap_line(line: str, width_of: Callable[[str], float], width: float) -> list[str]:
-    """Greedy word wrap: as many words per row as fit in `width` (as measured by `width_of`); a
-    word wider than `width` stays on a row of its own (the caller then shrinks the text)."""
-    words = line.split(" ")
-    rows, current = [], words[0]
-    for word in words[1:]:
-        candidate = f"{current} {word}"
-        if width_of(candidate) <= width:
-            current = candidate
-        else:
-            rows.append(current)
-            current = word
-    rows.append(current)
-    return rows
 
 
 def encode_png(image: Image.Image) -> bytes:
@@ -295,7 +272,7 @@ class SyntheticRenderer:
             )
             fit = self._largest_size(rows, metrics, spacing)
             if size <= fit:
-                layout = _measure(rows, _truetype(font.path, size), size, round(size * spacing))
+                layout = _measure(rows, load_font(font.path, size), size, round(size * spacing))
                 if layout.width <= self.avail and layout.height <= self.avail:
                     return layout
                 fit = size - 1  # the estimate was a little optimistic (hinting, overhangs)
