@@ -15,6 +15,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import report  # noqa: E402
 import run  # noqa: E402
+import text_gap  # noqa: E402
 
 from glyphgen import perf  # noqa: E402
 
@@ -127,3 +128,40 @@ def test_cli_sections_variants_and_cuda_guard():
     if not torch.cuda.is_available():
         with pytest.raises(SystemExit):
             run.parse_args(["--device", "cuda"])
+
+
+def test_text_gap_pairs_each_image_with_another_word():
+    assert text_gap.other_texts(["A", "A", "B", "C"]) == [2, 2, 3, 0]
+    assert text_gap.other_texts(["A", "A"]) == [0, 1]  # nothing else to swap in: itself
+
+
+@pytest.mark.parametrize("mode", ["none", "weave"])
+def test_text_gap_is_zero_exactly_when_the_model_ignores_its_text(mode):
+    import dataclasses
+
+    from glyphgen.diffusion import DiffusionConfig, create_diffusion
+    from glyphgen.inference.bundle import Bundle
+    from glyphgen.inference.format import BundleConfig
+    from glyphgen.models.registry import model_config
+    from glyphgen.models.unet import UNet
+    from glyphgen.text.tokenizer import CharTokenizer, TokenizerConfig
+
+    torch.manual_seed(0)
+    cfg = dataclasses.replace(model_config("tiny"), text_attention=mode)
+    model = UNet(cfg).eval()
+    with torch.no_grad():  # zero-initialised output layers would hide the text path: perturb them
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.05)
+    tokenizer = TokenizerConfig(max_length=cfg.text.max_length)
+    config = BundleConfig(model=cfg, tokenizer=tokenizer)
+    bundle = Bundle(model, create_diffusion(DiffusionConfig()), CharTokenizer(tokenizer), config)
+    texts = ["THE", "TO", "AND", "THE"]
+    tokens, mask = bundle.tokenizer.batch(texts)
+    batch = {
+        "image": torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8),
+        "tokens": tokens,
+        "mask": mask,
+    }
+    gaps = text_gap.text_gap(bundle, {**batch, "text": texts}, [300, 700], seed=0)
+    for right, wrong in gaps.values():
+        assert (wrong == right) if mode == "none" else (wrong != right)
