@@ -14,11 +14,7 @@ from pathlib import Path
 
 from glyphgen.checkpoint_io import NETWORK_CHOICES, NETWORKS
 from glyphgen.config import ConfigError, load_config
-from glyphgen.diffusion.schedule import SAMPLERS
-
-
-class UserError(Exception):
-    """A mistake in what the user asked for: reported in one line, no traceback."""
+from glyphgen.diffusion.schedule import Sampler
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -189,7 +185,7 @@ def _sampling_args(p: argparse.ArgumentParser, n: int) -> None:
     p.add_argument(
         "--steps", help="sampling steps, e.g. 50, ddim25 or 90,60,60,20,20 (default: the bundle's)"
     )
-    p.add_argument("--sampler", choices=SAMPLERS, help="default: the bundle's")
+    p.add_argument("--sampler", choices=Sampler.values(), help="default: the bundle's")
     p.add_argument("--guidance", type=float, help="classifier-free guidance scale (default: the bundle's)")
     p.add_argument("--guidance-rescale", type=float, help="CFG rescale phi in [0, 1] (default: the bundle's)")
     p.add_argument(
@@ -418,7 +414,6 @@ def main(argv: list[str] | None = None) -> int:
         COMMANDS[args.verb](args)
     except (
         ConfigError,
-        UserError,
         FileNotFoundError,
         FileExistsError,
         ValueError,

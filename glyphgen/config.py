@@ -8,12 +8,14 @@ configures. This module only merges and validates them, and turns every mistake 
 from __future__ import annotations
 
 import dataclasses
+import enum
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import OmegaConfBaseException, ValidationError
+from omegaconf.nodes import EnumNode
 
 T = TypeVar("T")
 
@@ -29,6 +31,42 @@ class ConfigValueError(ValueError):
         super().__init__(f"{key}: {message}")
         self.key = key
         self.message = message
+
+
+class Choice(str, enum.Enum):
+    """Base of a config field's closed set of names: `class Sampler(Choice): ddim = "ddim"`. OmegaConf
+    checks a field typed with a subclass whenever a file, option or override sets it (a schema's
+    `__post_init__` calls `parse` for dataclasses built in Python). Otherwise a member behaves as its
+    string: it compares and hashes equal to it, prints, formats and reprs as it, and `to_dict` and
+    `save_config` write it, so YAML files, checkpoints and bundles hold plain strings such as
+    `sampler: ddim` and `cfg.sampler == "ddim"` holds. Give members their value as name where it is an
+    identifier (OmegaConf also accepts a member's name)."""
+
+    def __str__(self) -> str:
+        return self.value
+
+    def __format__(self, spec: str) -> str:
+        return format(self.value, spec)
+
+    def __repr__(self) -> str:
+        return repr(self.value)
+
+    @classmethod
+    def values(cls) -> tuple[str, ...]:
+        """The accepted names, in declaration order."""
+        return tuple(member.value for member in cls)
+
+    @classmethod
+    def parse(cls, value: Any, key: str):
+        """`value` as a member, for a schema's `__post_init__` (a dataclass built in Python is not
+        checked by OmegaConf); anything else raises `ConfigValueError(key, ...)` naming the choices."""
+        if value not in cls.values():
+            raise ConfigValueError(key, cls.refusal(value))
+        return cls(value)
+
+    @classmethod
+    def refusal(cls, value: Any) -> str:
+        return f"must be one of {', '.join(cls.values())}, got {value!r}"
 
 
 def require(condition: bool, key: str, message: str) -> None:
@@ -58,6 +96,10 @@ def _flatten(node: Any, prefix: str = "") -> Iterable[str]:
 
 
 def _one_line(err: OmegaConfBaseException) -> str:
+    node = getattr(err, "child_node", None)
+    if isinstance(err, ValidationError) and isinstance(node, EnumNode) and issubclass(node.enum_type, Choice):
+        # OmegaConf lists the members' Python names; say it as a schema's own check would.
+        return f"{err.full_key}: {node.enum_type.refusal(getattr(err, 'value', None))}"
     msg = str(getattr(err, "msg", None) or err).strip().splitlines()[0]
     key = getattr(err, "full_key", None)
     return f"{key}: {msg}" if key and key not in msg else msg
@@ -145,8 +187,19 @@ def _source_of(key: str, source: Mapping[str, str]) -> str:
 
 
 def to_dict(cfg: Any) -> dict:
-    """A dataclass config as plain containers (for manifests, checkpoints and resolved-config files)."""
-    return dataclasses.asdict(cfg)
+    """A dataclass config as plain containers (for manifests, checkpoints and resolved-config files):
+    `Choice` members become their strings, which a weights-only checkpoint load and YAML accept."""
+    return _plain(dataclasses.asdict(cfg))
+
+
+def _plain(node: Any) -> Any:
+    if isinstance(node, enum.Enum):
+        return node.value
+    if isinstance(node, dict):
+        return {key: _plain(value) for key, value in node.items()}
+    if isinstance(node, list | tuple):
+        return type(node)(_plain(value) for value in node)
+    return node
 
 
 def save_config(cfg: Any, path: str | Path) -> None:

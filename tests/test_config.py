@@ -6,7 +6,16 @@ from dataclasses import dataclass, field
 
 import pytest
 
-from glyphgen.config import ConfigError, load_config, require, require_path, save_config
+from glyphgen.config import (
+    Choice,
+    ConfigError,
+    ConfigValueError,
+    load_config,
+    require,
+    require_path,
+    save_config,
+    to_dict,
+)
 from glyphgen.text.tokenizer import TokenizerConfig
 
 
@@ -91,3 +100,76 @@ def test_saved_config_loads_back(tmp_path):
     cfg = load_config(Outer, overrides=["inner.size=5", "name=n"])
     save_config(cfg, tmp_path / "resolved.yaml")
     assert load_config(Outer, [tmp_path / "resolved.yaml"]) == cfg
+
+
+class Colour(Choice):
+    dark_blue = "dark-blue"
+    red = "red"
+
+
+@dataclass
+class Painted:
+    colour: Colour = Colour.red
+    """A colour."""
+    trim: Colour | None = None
+    """An optional colour."""
+
+    def __post_init__(self):
+        self.colour = Colour.parse(self.colour, "colour")
+        if self.trim is not None:
+            self.trim = Colour.parse(self.trim, "trim")
+
+
+def test_choices_load_from_their_strings_and_save_as_plain_strings(tmp_path):
+    f = tmp_path / "c.yaml"
+    f.write_text("colour: dark-blue\ntrim: red\n")
+    cfg = load_config(Painted, [f])
+    assert cfg.colour is Colour.dark_blue and cfg.trim is Colour.red
+    assert cfg.colour == "dark-blue" and f"{cfg.colour}" == str(cfg.colour) == "dark-blue"
+    assert {"dark-blue": 1}[cfg.colour] == 1 and repr(cfg.colour) == "'dark-blue'"
+    plain = to_dict(cfg)
+    assert plain == {"colour": "dark-blue", "trim": "red"} and type(plain["colour"]) is str
+    save_config(cfg, tmp_path / "saved.yaml")
+    assert (tmp_path / "saved.yaml").read_text() == "colour: dark-blue\ntrim: red\n"
+    assert load_config(Painted, [tmp_path / "saved.yaml"]) == cfg
+
+
+def test_a_bad_choice_names_the_key_and_the_choices(tmp_path):
+    says = "colour: must be one of dark-blue, red, got 'green'"
+    with pytest.raises(ConfigError) as e:
+        load_config(Painted, overrides=["colour=green"])
+    assert str(e.value) == f"override 'colour=green': {says}"
+    f = tmp_path / "c.yaml"
+    f.write_text("trim: 3\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(Painted, [f])
+    assert str(e.value) == f"{f}: trim: must be one of dark-blue, red, got 3"
+    # A dataclass built in Python is checked (and converted) by its __post_init__.
+    with pytest.raises(ConfigValueError, match=f"^{says}$"):
+        Painted(colour="green")
+    assert Painted(colour="red", trim="dark-blue") == Painted(Colour.red, Colour.dark_blue)
+
+
+def test_stored_configs_with_plain_strings_load_and_save_unchanged(tmp_path):
+    """An exported bundle's config.yaml (written before the typed choices) and a checkpoint's stored
+    stage config (plain strings) load into the typed fields, and save back as the same strings."""
+    from pathlib import Path
+
+    from glyphgen.diffusion import Sampler, Schedule
+    from glyphgen.inference.format import BundleConfig, read_config
+    from glyphgen.models.unet import TextAttention
+    from glyphgen.training.config import NanPolicy, Stage, StageConfig
+
+    bundle = Path(__file__).parent / "data" / "bundle-74f265e"
+    cfg = read_config(bundle)
+    assert (cfg.diffusion.sampler, cfg.diffusion.schedule) == (Sampler.ddim, Schedule.cosine)
+    assert cfg.model.text_attention is TextAttention.weave
+    save_config(cfg, tmp_path / "config.yaml")
+    saved = (tmp_path / "config.yaml").read_text()
+    assert "  sampler: ddim\n" in saved and "  text_attention: weave\n" in saved
+    assert load_config(BundleConfig, [tmp_path / "config.yaml"]) == cfg
+
+    stored = {"stage": "finetune-real", "trainer": {"nan_policy": "skip"}, "diffusion": {"sampler": "ddpm"}}
+    stage = load_config(StageConfig, values=stored)
+    assert (stage.stage, stage.trainer.nan_policy) == (Stage.finetune_real, NanPolicy.skip)
+    assert to_dict(stage)["stage"] == "finetune-real" and to_dict(stage)["diffusion"]["sampler"] == "ddpm"

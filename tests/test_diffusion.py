@@ -190,9 +190,9 @@ def test_config_validation():
     with pytest.raises(ConfigValueError) as err:
         DiffusionConfig(sample_steps="fifty")
     assert err.value.key == "sample_steps"
-    with pytest.raises(ConfigValueError, match="schedule"):
+    with pytest.raises(ConfigValueError, match="^schedule: must be one of cosine, linear, got 'quadratic'$"):
         DiffusionConfig(schedule="quadratic")
-    with pytest.raises(ConfigValueError, match="sampler"):
+    with pytest.raises(ConfigValueError, match="^sampler: must be one of ddpm, ddim, dpmpp2m, got 'euler'$"):
         DiffusionConfig(sampler="euler")
     with pytest.raises(ConfigValueError, match="noise_aug_max"):
         DiffusionConfig(noise_aug_max=1.5)

@@ -12,7 +12,7 @@ from glyphgen.models.attention import WeaveAttention
 from glyphgen.models.info import example_inputs
 from glyphgen.models.registry import MODELS, SANDWICH, create_model, model_config
 from glyphgen.models.text_encoder import TextEncoder, line_index
-from glyphgen.models.unet import UNet
+from glyphgen.models.unet import TextAttention, UNet
 from glyphgen.models.warm_start import sandwich_warm_start
 from glyphgen.text.tokenizer import PAD, CharTokenizer
 
@@ -32,7 +32,7 @@ def _randomize(model: torch.nn.Module) -> None:
 
 
 @pytest.mark.parametrize("name", list(MODELS))
-@pytest.mark.parametrize("mode", ["weave", "glide", "none"])
+@pytest.mark.parametrize("mode", TextAttention.values())
 def test_shapes_for_every_size_and_mode(name, mode):
     cfg = dataclasses.replace(model_config(name), text_attention=mode)
     with torch.device("meta"):  # big sizes cost nothing on the meta device
@@ -183,11 +183,16 @@ def test_sandwich_rejects_mismatched_models():
 def test_unknown_size_and_bad_config():
     with pytest.raises(ValueError, match="unknown model size 'huge'"):
         model_config("huge")
-    from glyphgen.config import ConfigError, load_config
+    from glyphgen.config import ConfigError, ConfigValueError, load_config
     from glyphgen.models.unet import UNetConfig
 
-    with pytest.raises(ConfigError, match="text_attention: must be one of weave, glide, none"):
+    with pytest.raises(ConfigError, match="text_attention: must be one of weave, glide, none, got 'cross'"):
         load_config(UNetConfig, overrides=["text_attention=cross"])
+    with pytest.raises(
+        ConfigValueError, match="^text_attention: must be one of weave, glide, none, got 'x'$"
+    ):
+        UNetConfig(text_attention="x")
+    assert UNetConfig(text_attention="glide").text_attention is TextAttention.glide
     with pytest.raises(ConfigError, match=r"text_resolutions: \[4\] are not feature resolutions"):
         load_config(UNetConfig, overrides=["text_resolutions=[4]"])
 
@@ -195,4 +200,3 @@ def test_unknown_size_and_bad_config():
 def test_padding_id_is_pad():
     ids, mask = TOK.batch(["a", "abc"])
     assert ids[0, -1] == PAD and not mask[0, -1]
-

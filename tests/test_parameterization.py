@@ -11,12 +11,12 @@ import torch
 
 from glyphgen.config import ConfigValueError
 from glyphgen.diffusion import (
-    PARAMETERIZATIONS,
     SAMPLE_LOOPS,
-    SAMPLERS,
     DiffusionConfig,
     GaussianDiffusion,
     Parameterization,
+    Prediction,
+    Sampler,
     create_diffusion,
     dynamic_threshold,
     guided,
@@ -37,7 +37,7 @@ def batch(seed: int = 0, n: int = 8):
     return x0, eps, t
 
 
-@pytest.mark.parametrize("name", PARAMETERIZATIONS)
+@pytest.mark.parametrize("name", Prediction)
 @pytest.mark.parametrize("zero_terminal_snr", [False, True])
 def test_target_round_trips_to_x0_and_eps(name, zero_terminal_snr):
     if name == "eps" and zero_terminal_snr:
@@ -67,7 +67,7 @@ def test_v_is_a_rotation_of_x0_and_eps():
     torch.testing.assert_close(a * d.q_sample(x0, t, eps) - s * v, x0)
 
 
-@pytest.mark.parametrize("name", PARAMETERIZATIONS)
+@pytest.mark.parametrize("name", Prediction)
 @pytest.mark.parametrize("weighting", ["uniform", "min_snr"])
 @pytest.mark.parametrize("learn_sigma", [False, True])
 def test_the_true_target_gives_zero_mse(name, weighting, learn_sigma):
@@ -92,7 +92,7 @@ def test_min_snr_gives_every_parameterization_the_same_x0_space_weight():
     x0, eps, t = batch(7, n=16)
     d_err = 0.01 * torch.randn(x0.shape, generator=gen(9), dtype=torch.float64)
     losses = {}
-    for name in PARAMETERIZATIONS:
+    for name in Prediction:
         d = create_diffusion(
             DiffusionConfig(parameterization=name, loss_weighting="min_snr", learn_sigma=False)
         )
@@ -104,7 +104,7 @@ def test_min_snr_gives_every_parameterization_the_same_x0_space_weight():
         losses[name] = d.training_losses(lambda x, tt, w=wrong: w, x0, t, noise=eps)["loss"]
     snr = d.array("snr")[t]
     expected = snr.clamp(max=5.0) * d_err.pow(2).mean(dim=(1, 2, 3))
-    for name in PARAMETERIZATIONS:
+    for name in Prediction:
         torch.testing.assert_close(losses[name], expected, rtol=1e-5, atol=1e-12)
 
 
@@ -140,11 +140,24 @@ def test_config_refuses_eps_with_zero_terminal_snr_and_bad_names():
 
 
 def test_every_sampler_has_a_loop():
-    assert set(SAMPLERS) == set(SAMPLE_LOOPS)
+    assert set(Sampler) == set(SAMPLE_LOOPS)
+    assert SAMPLE_LOOPS["ddim"] is SAMPLE_LOOPS[Sampler.ddim]  # names look the loops up too
+
+
+def test_bad_names_say_the_choices():
+    with pytest.raises(ConfigValueError, match=r"^parameterization: must be one of eps, v, x0, got 'score'$"):
+        DiffusionConfig(parameterization="score")
+    with pytest.raises(ValueError, match=r"unknown parameterization 'score' \(expected one of eps, v, x0\)"):
+        Parameterization("score")
+    with pytest.raises(
+        ValueError, match=r"unknown loss weighting 'snr' \(expected one of uniform, min_snr\)"
+    ):
+        Parameterization("v").loss_weight(torch.ones(1), "snr", 5.0)
+    assert DiffusionConfig(parameterization="v", loss_weighting="min_snr").parameterization is Prediction.v
 
 
 @pytest.mark.parametrize("spec", ["50", "ddim25", "ddim2", "90,60,60,20,20", "1", "10,5", "ddim999", "1000"])
-@pytest.mark.parametrize("sampler", SAMPLERS)
+@pytest.mark.parametrize("sampler", Sampler)
 def test_every_sampler_starts_from_the_last_trained_step(spec, sampler):
     seen = []
 
@@ -165,7 +178,7 @@ def test_zero_terminal_snr_samples_finite_images(name):
     def net(x, t):
         return torch.cat([0.5 * torch.tanh(x), torch.zeros_like(x)], 1)
 
-    for sampler in SAMPLERS:
+    for sampler in Sampler:
         out = sample(net, d, (2, 1, 4, 4), sampler=sampler, steps="ddim10", generator=gen(0))
         assert torch.isfinite(out).all(), sampler
 
@@ -198,7 +211,7 @@ def test_cfg_rescale_restores_the_conditional_std():
     torch.testing.assert_close(half, 0.5 * full + 0.5 * plain)
 
 
-@pytest.mark.parametrize("name", PARAMETERIZATIONS)
+@pytest.mark.parametrize("name", Prediction)
 def test_dpm_solver_pp_converges_on_a_gaussian_with_exact_score(name):
     """Data N(mu, sd^2) per pixel: E[x0 | x_t] = mu + a sd^2 (x_t - a mu) / (a^2 sd^2 + s^2) exactly.
     The ODE carries N(0, I) to the marginal at the spec's last step t_last, where the solver returns

@@ -46,6 +46,15 @@ def test_bad_options_name_the_field(field, value, says):
         SamplingOptions(**{field: value})
 
 
+def test_the_cli_offers_the_samplers_of_the_library(capsys):
+    from glyphgen.diffusion import Sampler
+
+    with pytest.raises(SystemExit):
+        main(["sample", "hi", "--base", "b", "--out", "o.png", "--sampler", "euler"])
+    err = capsys.readouterr().err
+    assert "invalid choice: 'euler'" in err and all(name in err for name in Sampler.values())
+
+
 def test_steps_are_checked_against_the_model():
     with pytest.raises(ConfigValueError, match="steps: invalid timestep spec '5000' for 1000 steps"):
         SamplingOptions(steps="5000").resolve(DiffusionConfig())

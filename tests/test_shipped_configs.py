@@ -22,6 +22,7 @@ def test_pipeline_and_its_stages_load(path, monkeypatch):
         cfg = resolve_stage(pipeline, stage)
         model = build_model_config(cfg)
         assert cfg.stage == stage.name
+        assert cfg.data.resolution == model.resolution  # filled in by the stage, never set apart
         assert (cfg.init_from is None) == (stage.init_from is None)
         if cfg.build_shards.config:
             import importlib

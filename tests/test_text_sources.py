@@ -9,7 +9,16 @@ from collections import Counter
 import pytest
 
 from glyphgen.config import ConfigError, load_config
-from glyphgen.data.text_sources import SOURCES, CaseWeights, SourceWeights, TextConfig, TextSampler
+from glyphgen.data.text_sources import (
+    LINE_SOURCES,
+    POSTS,
+    POSTS_FALLBACK,
+    SOURCES,
+    CaseWeights,
+    SourceWeights,
+    TextConfig,
+    TextSampler,
+)
 from glyphgen.text.tokenizer import DEFAULT_ALPHABET
 
 
@@ -57,6 +66,18 @@ def test_each_source_produces_text(source):
         assert all(any(c.isdigit() for c in t) for t in texts)
     if source == "punctuation":
         assert all(any(not c.isalnum() and c != " " for c in t) for t in texts)
+
+
+def test_every_line_source_has_its_method_and_posts_draw_from_them():
+    assert SOURCES == ("words", "random_chars", "numbers", "punctuation", "posts")  # the drawing order
+    assert set(LINE_SOURCES) == set(SOURCES) - {POSTS} and POSTS_FALLBACK in LINE_SOURCES
+    assert all(callable(getattr(TextSampler, f"_{source}", None)) for source in LINE_SOURCES)
+    # Posts only: their lines come from the fallback source alone.
+    assert POSTS_FALLBACK == "words"
+    sampler = TextSampler(TextConfig(sources=only(POSTS)), DEFAULT_ALPHABET)
+    vocab = set(sampler.vocab)
+    lines = [line for text in draw(sampler, 50) for line in text.split("\n")]
+    assert len(lines) >= 100 and all(w.lower() in vocab for line in lines for w in line.split(" "))
 
 
 def test_posts_have_two_to_five_lines():

@@ -16,14 +16,14 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from glyphgen.config import load_config, to_dict
+from glyphgen.config import ConfigError, load_config, to_dict
 from glyphgen.data.build import build
 from glyphgen.training.callbacks import read_metric
 from glyphgen.training.checkpoints import AtomicCheckpointIO, network_state, read_checkpoint
-from glyphgen.training.config import StageConfig
+from glyphgen.training.config import Stage, StageConfig
 from glyphgen.training.core import DiffusionCore, NonFiniteLossError
 from glyphgen.training.pipeline import run_pipeline
-from glyphgen.training.stages import FinetuneReal, PretrainSynthetic, SuperRes
+from glyphgen.training.stages import STAGE_CLASSES, FinetuneReal, PretrainSynthetic, SuperRes
 from glyphgen.training.train import train_stage
 
 pytestmark = pytest.mark.slow
@@ -71,6 +71,23 @@ def stage_cfg(stage: str, shards, steps: int = 4, **extra) -> StageConfig:
 def network(ckpt_path, prefix: str) -> dict[str, torch.Tensor]:
     state = read_checkpoint(ckpt_path)["state_dict"]
     return {k[len(prefix) :]: v for k, v in state.items() if k.startswith(prefix)}
+
+
+def test_every_stage_has_a_module():
+    assert set(STAGE_CLASSES) == set(Stage)
+    assert all(issubclass(module, DiffusionCore) for module in STAGE_CLASSES.values())
+    assert STAGE_CLASSES["superres"] is SuperRes  # the names in configs look them up
+
+
+def test_data_resolution_is_the_models():
+    assert load_config(StageConfig, overrides=["model_size=tiny-sr"]).data.resolution == 64
+    assert load_config(StageConfig, overrides=["model_size=tiny", "data.resolution=32"]).data.resolution == 32
+    grown = ["model_size=tiny", "model.resolution=64", "model.attention_resolutions=[16]"]
+    assert load_config(StageConfig, overrides=[*grown, "model.text_resolutions=[16]"]).data.resolution == 64
+    with pytest.raises(ConfigError) as e:
+        load_config(StageConfig, overrides=["model_size=tiny", "data.resolution=64"])
+    assert str(e.value).startswith("data.resolution: 64 is not the model's resolution 32")
+    assert str(e.value).endswith("(set by override 'data.resolution=64')")
 
 
 def test_pretrain_stage_writes_its_run_folder(tmp_path, shards):

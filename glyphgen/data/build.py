@@ -10,7 +10,8 @@ from glyphgen.config import load_config
 from glyphgen.data.shards import BuildReport
 
 # kind -> (module, config class, build function); imported on use, so one kind's heavy imports
-# (the OCR engine) are not paid by another.
+# (the OCR engine) are not paid by another. The one list of kinds: a stage's `build_shards.kind` is
+# checked against it.
 BUILDERS = {
     "synthetic": ("glyphgen.data.synthetic", "SyntheticConfig", "build_synthetic_shards"),
     "real": ("glyphgen.data.real", "RealConfig", "build_real_shards"),

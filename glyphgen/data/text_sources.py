@@ -18,7 +18,6 @@ from pathlib import Path
 from glyphgen.config import require, require_path
 from glyphgen.eval.prompts import HELD_OUT_WORDS
 
-SOURCES = ("words", "random_chars", "numbers", "punctuation", "posts")
 CASES = ("as_is", "lower", "upper", "title")
 _MAX_RANDOM_CHARS = 12
 _LINE_TRIES = 20  # redraws of a line from one source before the whole text is redrawn
@@ -40,6 +39,9 @@ def _check_weights(obj) -> None:
 
 @dataclass
 class SourceWeights:
+    """One weight per source, in the order sources are drawn. Every field but `posts` names a line
+    source, made by the `TextSampler` method `_NAME`; adding a field adds the source."""
+
     words: float = 0.3
     """1-4 dictionary words from the top `vocab_size` English words, common ones more often."""
     random_chars: float = 0.2
@@ -53,6 +55,16 @@ class SourceWeights:
 
     def __post_init__(self):
         _check_weights(self)
+
+
+SOURCES = tuple(f.name for f in fields(SourceWeights))
+"""Every source, in the order of `SourceWeights`."""
+POSTS = "posts"
+"""The multi-line source: its lines come from the others."""
+LINE_SOURCES = tuple(s for s in SOURCES if s != POSTS)
+"""The sources that make one line each (posts draw their lines from these)."""
+POSTS_FALLBACK = "words"
+"""Where posts draw their lines from when every line source weighs 0."""
 
 
 @dataclass
@@ -176,10 +188,9 @@ class TextSampler:
         self.visible = "".join(visible)
         self._source_weights = [getattr(cfg.sources, s) for s in SOURCES]
         self._case_weights = [getattr(cfg.case, c) for c in CASES]
-        self._line_sources = SOURCES[:-1]
-        self._line_weights = self._source_weights[:-1]
-        if sum(self._line_weights) == 0:  # posts only: build their lines from words
-            self._line_weights = [1, 0, 0, 0]
+        self._line_weights = [getattr(cfg.sources, s) for s in LINE_SOURCES]
+        if sum(self._line_weights) == 0:  # posts only
+            self._line_weights = [float(s == POSTS_FALLBACK) for s in LINE_SOURCES]
 
     def sample(self, rng: random.Random) -> str:
         return self.sample_with_source(rng)[0]
@@ -188,9 +199,9 @@ class TextSampler:
         """(text, name of the source that made it)."""
         for _ in range(100):
             source = rng.choices(SOURCES, self._source_weights)[0]
-            if source == "posts":
+            if source == POSTS:
                 n = rng.randint(min(2, self.cfg.max_lines), min(5, self.cfg.max_lines))
-                kinds = rng.choices(self._line_sources, self._line_weights, k=n)
+                kinds = rng.choices(LINE_SOURCES, self._line_weights, k=n)
                 lines = [self._line(rng, kind) for kind in kinds]
             else:
                 lines = [self._line(rng, source)]

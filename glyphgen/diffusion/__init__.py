@@ -15,9 +15,9 @@ from glyphgen.diffusion.gaussian import (
 )
 from glyphgen.diffusion.options import SamplingOptions, sampling_fields, with_options
 from glyphgen.diffusion.parameterization import (
-    PARAMETERIZATIONS,
-    WEIGHTINGS,
     Parameterization,
+    Prediction,
+    Weighting,
     dynamic_threshold,
 )
 from glyphgen.diffusion.sampling import (
@@ -33,9 +33,9 @@ from glyphgen.diffusion.sampling import (
     sample,
 )
 from glyphgen.diffusion.schedule import (
-    SAMPLERS,
-    SCHEDULES,
     DiffusionConfig,
+    Sampler,
+    Schedule,
     cosine_betas,
     linear_betas,
     make_betas,
@@ -44,16 +44,16 @@ from glyphgen.diffusion.schedule import (
 )
 
 __all__ = [
-    "PARAMETERIZATIONS",
     "SAMPLE_LOOPS",
     "SamplingOptions",
-    "WEIGHTINGS",
     "Parameterization",
+    "Prediction",
+    "Sampler",
+    "Schedule",
+    "Weighting",
     "dpm_solver_pp_2m_loop",
     "dynamic_threshold",
     "rescale_zero_terminal_snr",
-    "SAMPLERS",
-    "SCHEDULES",
     "DiffusionConfig",
     "GaussianDiffusion",
     "Model",

@@ -12,14 +12,14 @@ from dataclasses import dataclass
 from typing import Any
 
 from glyphgen.config import require
-from glyphgen.diffusion.schedule import SAMPLERS, DiffusionConfig, check_guidance, space_timesteps
+from glyphgen.diffusion.schedule import DiffusionConfig, Sampler, check_guidance, space_timesteps
 
 
 @dataclass
 class SamplingOptions:
     steps: str | None = None
     """Timestep respacing: "50", "ddim25", section counts "90,60,60,20,20"; None: the model's default."""
-    sampler: str | None = None
+    sampler: Sampler | None = None
     """"ddpm", "ddim" or "dpmpp2m"; None: the model's default."""
     guidance: float | None = None
     """Classifier-free guidance scale (0: none); None: the model's default."""
@@ -35,11 +35,8 @@ class SamplingOptions:
     """Images sampled at once."""
 
     def __post_init__(self):
-        require(
-            self.sampler is None or self.sampler in SAMPLERS,
-            "sampler",
-            f"must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}",
-        )
+        if self.sampler is not None:
+            self.sampler = Sampler.parse(self.sampler, "sampler")
         require(
             self.guidance is None or check_guidance(self.guidance),
             "guidance",

@@ -26,8 +26,22 @@ from typing import Protocol
 import torch
 from torch import Tensor
 
-PARAMETERIZATIONS = ("eps", "v", "x0")
-WEIGHTINGS = ("uniform", "min_snr")
+from glyphgen.config import Choice
+
+
+class Prediction(Choice):
+    """What the network predicts (`DiffusionConfig.parameterization`); each has a `Parameterization`."""
+
+    eps = "eps"
+    v = "v"
+    x0 = "x0"
+
+
+class Weighting(Choice):
+    """How the MSE is weighted over timesteps (`DiffusionConfig.loss_weighting`)."""
+
+    uniform = "uniform"
+    min_snr = "min_snr"
 
 
 class Coefficients(Protocol):
@@ -41,14 +55,14 @@ class Coefficients(Protocol):
 
 @dataclass(frozen=True)
 class Parameterization:
-    """One parameterization; `name` is one of `PARAMETERIZATIONS`."""
+    """One parameterization; `name` is a `Prediction` (or its string)."""
 
     name: str
 
     def __post_init__(self):
-        if self.name not in PARAMETERIZATIONS:
+        if self.name not in Prediction.values():
             raise ValueError(
-                f"unknown parameterization {self.name!r} (expected one of {', '.join(PARAMETERIZATIONS)})"
+                f"unknown parameterization {self.name!r} (expected one of {', '.join(Prediction.values())})"
             )
 
     def target(self, x0: Tensor, eps: Tensor, t: Tensor, c: Coefficients) -> Tensor:
@@ -100,7 +114,9 @@ class Parameterization:
             return torch.ones_like(snr)
         if weighting == "min_snr":
             return snr.clamp(max=gamma) / self.snr_factor(snr)
-        raise ValueError(f"unknown loss weighting {weighting!r} (expected one of {', '.join(WEIGHTINGS)})")
+        raise ValueError(
+            f"unknown loss weighting {weighting!r} (expected one of {', '.join(Weighting.values())})"
+        )
 
 
 def dynamic_threshold(x0: Tensor, quantile: float) -> Tensor:

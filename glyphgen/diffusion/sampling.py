@@ -21,7 +21,7 @@ import torch
 from torch import Tensor
 
 from glyphgen.diffusion.gaussian import GaussianDiffusion, Model, randn_from
-from glyphgen.diffusion.schedule import check_guidance
+from glyphgen.diffusion.schedule import Sampler, check_guidance
 from glyphgen.text.tokenizer import BOS, EOS, NULL, PAD
 
 Progress = Callable[[int, int], None]
@@ -218,8 +218,12 @@ def dpm_solver_pp_2m_loop(
     return x
 
 
-SAMPLE_LOOPS = {"ddpm": p_sample_loop, "ddim": ddim_sample_loop, "dpmpp2m": dpm_solver_pp_2m_loop}
-"""The sampler of each name in `SAMPLERS`."""
+SAMPLE_LOOPS = {
+    Sampler.ddpm: p_sample_loop,
+    Sampler.ddim: ddim_sample_loop,
+    Sampler.dpmpp2m: dpm_solver_pp_2m_loop,
+}
+"""The loop of each `Sampler` (looked up by the member or its name)."""
 
 
 def sample(

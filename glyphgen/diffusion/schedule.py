@@ -14,11 +14,23 @@ from dataclasses import dataclass
 
 import torch
 
-from glyphgen.config import require
-from glyphgen.diffusion.parameterization import PARAMETERIZATIONS, WEIGHTINGS
+from glyphgen.config import Choice, require
+from glyphgen.diffusion.parameterization import Prediction, Weighting
 
-SCHEDULES = ("cosine", "linear")
-SAMPLERS = ("ddpm", "ddim", "dpmpp2m")
+
+class Schedule(Choice):
+    """Noise schedules (`make_betas`)."""
+
+    cosine = "cosine"
+    linear = "linear"
+
+
+class Sampler(Choice):
+    """Samplers; `sampling.SAMPLE_LOOPS` holds the loop of each."""
+
+    ddpm = "ddpm"
+    ddim = "ddim"
+    dpmpp2m = "dpmpp2m"
 
 
 def cosine_betas(steps: int, s: float = 0.008, max_beta: float = 0.999) -> torch.Tensor:
@@ -48,13 +60,15 @@ def rescale_zero_terminal_snr(betas: torch.Tensor) -> torch.Tensor:
 
 
 def make_betas(schedule: str, steps: int, zero_terminal_snr: bool = False) -> torch.Tensor:
-    """Betas for a schedule named in `SCHEDULES`, optionally rescaled to a zero terminal SNR."""
+    """Betas for a `Schedule` (or its name), optionally rescaled to a zero terminal SNR."""
     if schedule == "cosine":
         betas = cosine_betas(steps)
     elif schedule == "linear":
         betas = linear_betas(steps)
     else:
-        raise ValueError(f"unknown noise schedule {schedule!r} (expected one of {', '.join(SCHEDULES)})")
+        raise ValueError(
+            f"unknown noise schedule {schedule!r} (expected one of {', '.join(Schedule.values())})"
+        )
     return rescale_zero_terminal_snr(betas) if zero_terminal_snr else betas
 
 
@@ -119,14 +133,14 @@ def check_guidance(scale: float) -> bool:
 class DiffusionConfig:
     steps: int = 1000
     """Diffusion steps T the model is trained on."""
-    schedule: str = "cosine"
+    schedule: Schedule = Schedule.cosine
     """Noise schedule: "cosine" (improved DDPM) or "linear" (DDPM, rescaled to `steps`)."""
     zero_terminal_snr: bool = False
     """Rescale the schedule so its last step is pure noise (Lin et al. 2024); needs parameterization
     v or x0. Most useful with the linear schedule, whose last step keeps some signal."""
-    parameterization: str = "eps"
+    parameterization: Prediction = Prediction.eps
     """What the network predicts: "eps" (the noise), "v" (Salimans & Ho 2022) or "x0" (the image)."""
-    loss_weighting: str = "uniform"
+    loss_weighting: Weighting = Weighting.uniform
     """Per-timestep weight of the MSE: "uniform" in the target's own space, or "min_snr" (Hang et al.
     2023: x0-space weight min(SNR, gamma), expressed for the parameterization's target)."""
     min_snr_gamma: float = 5.0
@@ -139,7 +153,7 @@ class DiffusionConfig:
     """Probability that training replaces a transcript with the null text (classifier-free guidance)."""
     sample_steps: str = "50"
     """Default timestep respacing for sampling: "250", "50", section counts "90,60,60,20,20", "ddim50"."""
-    sampler: str = "ddim"
+    sampler: Sampler = Sampler.ddim
     """Default sampler: "ddpm" (ancestral), "ddim" or "dpmpp2m" (DPM-Solver++(2M), Lu et al. 2022)."""
     guidance: float = 3.0
     """Default classifier-free guidance scale: eps_c + scale * (eps_c - eps_null); 0 = no guidance."""
@@ -158,26 +172,14 @@ class DiffusionConfig:
     def __post_init__(self):
         # The upper bound keeps a typo (or a crafted bundle) from allocating schedules of any size.
         require(2 <= self.steps <= MAX_STEPS, "steps", f"must be in [2, {MAX_STEPS}], got {self.steps}")
-        require(
-            self.schedule in SCHEDULES,
-            "schedule",
-            f"must be one of {', '.join(SCHEDULES)}, got {self.schedule!r}",
-        )
-        require(
-            self.parameterization in PARAMETERIZATIONS,
-            "parameterization",
-            f"must be one of {', '.join(PARAMETERIZATIONS)}, got {self.parameterization!r}",
-        )
+        self.schedule = Schedule.parse(self.schedule, "schedule")
+        self.parameterization = Prediction.parse(self.parameterization, "parameterization")
         require(
             not (self.zero_terminal_snr and self.parameterization == "eps"),
             "zero_terminal_snr",
             "needs parameterization v or x0 (eps cannot give x0 where the signal is zero)",
         )
-        require(
-            self.loss_weighting in WEIGHTINGS,
-            "loss_weighting",
-            f"must be one of {', '.join(WEIGHTINGS)}, got {self.loss_weighting!r}",
-        )
+        self.loss_weighting = Weighting.parse(self.loss_weighting, "loss_weighting")
         require(self.min_snr_gamma > 0, "min_snr_gamma", f"must be > 0, got {self.min_snr_gamma}")
         require(self.vlb_weight >= 0, "vlb_weight", f"must be >= 0, got {self.vlb_weight}")
         require(0 <= self.p_uncond <= 1, "p_uncond", f"must be in [0, 1], got {self.p_uncond}")
@@ -185,11 +187,7 @@ class DiffusionConfig:
             space_timesteps(self.steps, self.sample_steps)
         except ValueError as err:
             require(False, "sample_steps", str(err))
-        require(
-            self.sampler in SAMPLERS,
-            "sampler",
-            f"must be one of {', '.join(SAMPLERS)}, got {self.sampler!r}",
-        )
+        self.sampler = Sampler.parse(self.sampler, "sampler")
         require(
             check_guidance(self.guidance), "guidance", f"must be a finite number >= 0, got {self.guidance}"
         )

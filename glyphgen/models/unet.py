@@ -15,12 +15,18 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from glyphgen.config import require
+from glyphgen.config import Choice, require
 from glyphgen.models.attention import SelfAttention, WeaveAttention
 from glyphgen.models.blocks import ResBlock, group_norm, timestep_embedding, zero_module
 from glyphgen.models.text_encoder import TextEncoder, TextEncoderConfig
 
-TEXT_ATTENTION = ("weave", "glide", "none")
+
+class TextAttention(Choice):
+    """How the image sees the text (`UNetConfig.text_attention`)."""
+
+    weave = "weave"
+    glide = "glide"
+    none = "none"
 
 
 @dataclass
@@ -45,7 +51,7 @@ class UNetConfig:
     """Dropout inside ResBlocks."""
     learn_sigma: bool = True
     """Also output the variance interpolation (2x channels), for the hybrid loss."""
-    text_attention: str = "weave"
+    text_attention: TextAttention = TextAttention.weave
     """How the image sees the text: "weave" (the seed), "glide" (text appended to self-attention
     keys/values) or "none" (no text: an unconditional model)."""
     superres: bool = False
@@ -61,11 +67,7 @@ class UNetConfig:
             "resolution",
             f"{self.resolution} cannot be halved {levels - 1} times",
         )
-        require(
-            self.text_attention in TEXT_ATTENTION,
-            "text_attention",
-            f"must be one of {', '.join(TEXT_ATTENTION)}, got {self.text_attention!r}",
-        )
+        self.text_attention = TextAttention.parse(self.text_attention, "text_attention")
         feature_sizes = {self.resolution >> i for i in range(levels)}
         for key in ("attention_resolutions", "text_resolutions"):
             bad = sorted(set(getattr(self, key)) - feature_sizes)

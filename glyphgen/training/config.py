@@ -7,16 +7,33 @@ Lightning's `Trainer`, so a run scales from one CPU to many GPUs and nodes by co
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
 from glyphgen.checkpoint_io import NETWORK_CHOICES
-from glyphgen.config import require
+from glyphgen.config import Choice, require
+from glyphgen.data.build import BUILDERS
 from glyphgen.data.loader import LoaderConfig
 from glyphgen.diffusion import DiffusionConfig, SamplingOptions
-from glyphgen.models.registry import MODELS
+from glyphgen.models.registry import MODELS, sized_model_config
 
-STAGES = ("pretrain-synthetic", "finetune-real", "superres")
+
+class Stage(Choice):
+    """The training stages; `glyphgen.training.stages.STAGE_CLASSES` holds the LightningModule of each."""
+
+    pretrain_synthetic = "pretrain-synthetic"
+    finetune_real = "finetune-real"
+    superres = "superres"
+
+
+class NanPolicy(Choice):
+    """What a non-finite loss does (`trainer.nan_policy`)."""
+
+    stop = "stop"
+    skip = "skip"
+
+
 DEFAULT_PROMPTS = ["glyph", "Hello\nworld", "OPEN 24/7", "quartz\nzephyr"]
 
 
@@ -68,18 +85,14 @@ class TrainerConfig:
     """Wrap the network in torch.compile."""
     channels_last: bool = False
     """Use the channels-last memory format for the network (faster convolutions on GPUs)."""
-    nan_policy: str = "stop"
+    nan_policy: NanPolicy = NanPolicy.stop
     """On a NaN/inf loss: "stop" (report the step and batch, save nothing broken) or "skip" the batch."""
     seed: int = 0
     """Seeds the initial weights and the per-step noise, timesteps and text dropout."""
 
     def __post_init__(self):
         require(self.max_steps > 0, "max_steps", f"must be > 0, got {self.max_steps}")
-        require(
-            self.nan_policy in ("stop", "skip"),
-            "nan_policy",
-            f"must be stop or skip, got {self.nan_policy!r}",
-        )
+        self.nan_policy = NanPolicy.parse(self.nan_policy, "nan_policy")
         require(self.checkpoint_every_n_steps > 0, "checkpoint_every_n_steps", "must be > 0")
         require(self.accumulate_grad_batches >= 1, "accumulate_grad_batches", "must be >= 1")
 
@@ -112,7 +125,8 @@ class SampleConfig(SamplingOptions):
 @dataclass
 class ShardBuild:
     kind: str | None = None
-    """How to build `data.shards` when it is missing: synthetic, demo-real or real (None: never build)."""
+    """How to build `data.shards` when it is missing: a kind of `glyphgen make-shards` (synthetic,
+    demo-real or real; None: never build)."""
     config: str | None = None
     """The `glyphgen make-shards` YAML for it (its `out` and `resolution` are set by the stage)."""
     overrides: list[str] = field(default_factory=list)
@@ -120,15 +134,30 @@ class ShardBuild:
 
     def __post_init__(self):
         require(
-            self.kind in (None, "synthetic", "demo-real", "real"),
+            self.kind is None or self.kind in BUILDERS,
             "kind",
-            f"must be synthetic, demo-real or real, got {self.kind!r}",
+            f"must be one of {', '.join(BUILDERS)}, got {self.kind!r}",
         )
 
 
 @dataclass
+class StageData(LoaderConfig):
+    """The training data stream: a `LoaderConfig` whose image side is the stage's model's."""
+
+    resolution: int | None = None
+    """Leave unset: the stage fills in its model's resolution (shards of another size are resized and
+    cropped to it). A value given here must equal it."""
+
+    def __post_init__(self):
+        if self.resolution is None:
+            dataclasses.replace(self, resolution=8)  # LoaderConfig's checks of every other field
+        else:
+            super().__post_init__()
+
+
+@dataclass
 class StageConfig:
-    stage: str = "pretrain-synthetic"
+    stage: Stage = Stage.pretrain_synthetic
     """Which stage this is: pretrain-synthetic, finetune-real or superres."""
     model_size: str = "tiny"
     """A named model size (tiny, tiny-sr, base64, base128, sr256)."""
@@ -136,8 +165,8 @@ class StageConfig:
     """Overrides of the named size's fields, e.g. {text_attention: glide}."""
     diffusion: DiffusionConfig = field(default_factory=DiffusionConfig)
     """The diffusion process and sampling defaults."""
-    data: LoaderConfig = field(default_factory=LoaderConfig)
-    """The training data stream (resolution must match the model's)."""
+    data: StageData = field(default_factory=StageData)
+    """The training data stream (at the model's resolution)."""
     build_shards: ShardBuild = field(default_factory=ShardBuild)
     """How to build the training shards when they are missing."""
     optim: OptimConfig = field(default_factory=OptimConfig)
@@ -157,9 +186,17 @@ class StageConfig:
 
     def __post_init__(self):
         require(self.localisation >= 0, "localisation", f"must be >= 0, got {self.localisation}")
-        require(self.stage in STAGES, "stage", f"must be one of {', '.join(STAGES)}, got {self.stage!r}")
+        self.stage = Stage.parse(self.stage, "stage")
         require(
             self.model_size in MODELS,
             "model_size",
             f"must be one of {', '.join(MODELS)}, got {self.model_size!r}",
         )
+        side = sized_model_config(self.model_size, self.model).resolution
+        require(
+            self.data.resolution in (None, side),
+            "data.resolution",
+            f"{self.data.resolution} is not the model's resolution {side}: the stage streams images at "
+            "its model's size; remove the setting",
+        )
+        self.data.resolution = side

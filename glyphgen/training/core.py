@@ -20,7 +20,7 @@ import dataclasses
 import lightning as L
 import torch
 
-from glyphgen.config import load_config, to_dict
+from glyphgen.config import load_config
 from glyphgen.data.loader import LoaderConfig, make_loader
 from glyphgen.diffusion import create_diffusion, drop_text, randn_from, sample, with_options
 from glyphgen.models.localisation import localisation_loss, recording_attention
@@ -95,10 +95,9 @@ class DiffusionCore(L.LightningModule):
         object.__setattr__(self, "_net", net)
 
     def loader_config(self) -> LoaderConfig:
+        """The stage's data stream (at the model's resolution: `StageConfig` sees to it)."""
         return dataclasses.replace(
-            self.cfg.data,
-            resolution=self.model_cfg.resolution,
-            char_boxes=self.cfg.data.char_boxes or self.cfg.localisation > 0,
+            self.cfg.data, char_boxes=self.cfg.data.char_boxes or self.cfg.localisation > 0
         )
 
     def train_dataloader(self):
@@ -228,7 +227,7 @@ class DiffusionCore(L.LightningModule):
         checkpoint["glyphgen"] = {
             "data_position": self.data_position,
             "kind": "stage",
-            "stage": self.cfg.stage,
+            "stage": self.cfg.stage.value,  # a plain string: weights-only loads refuse other classes
         }
 
     def on_load_checkpoint(self, checkpoint: dict) -> None:
@@ -294,6 +293,3 @@ class DiffusionCore(L.LightningModule):
         )
         net.train(training)
         return ((out.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-
-    def plain_config(self) -> dict:
-        return to_dict(self.cfg)

@@ -19,6 +19,7 @@ from glyphgen.diffusion import augment_low_res
 from glyphgen.models.registry import SANDWICH
 from glyphgen.models.unet import UNet
 from glyphgen.models.warm_start import WarmStartReport, sandwich_warm_start
+from glyphgen.training.config import Stage
 from glyphgen.training.core import DiffusionCore, build_model_config, to_unit
 
 
@@ -69,8 +70,9 @@ class SuperRes(DiffusionCore):
         return report.summary()
 
 
-STAGE_CLASSES: dict[str, type[DiffusionCore]] = {
-    "pretrain-synthetic": PretrainSynthetic,
-    "finetune-real": FinetuneReal,
-    "superres": SuperRes,
+STAGE_CLASSES: dict[Stage, type[DiffusionCore]] = {
+    Stage.pretrain_synthetic: PretrainSynthetic,
+    Stage.finetune_real: FinetuneReal,
+    Stage.superres: SuperRes,
 }
+"""The module of each `Stage` (looked up by the member or its name)."""
