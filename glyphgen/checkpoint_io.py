@@ -10,6 +10,7 @@ weights_only, never an explicit one.
 from __future__ import annotations
 
 import pickle
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -78,3 +79,49 @@ def network_state(ckpt: dict, weights: str = "ema") -> dict[str, torch.Tensor]:
     if not state:
         raise ValueError(f"checkpoint holds no {weights} weights")
     return state
+
+
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+"""The dtypes weights may be stored in (bundles), by name."""
+
+
+def check_tensors(
+    expected: Mapping[str, torch.Tensor],
+    found: Mapping[str, torch.Tensor],
+    where: Path,
+    shown: int = 3,
+    described_by: str = "config.yaml",
+) -> None:
+    """Raise a one-line ValueError naming the first few keys when the stored tensors do not fit the
+    network `described_by` describes (missing, unexpected, of another shape, or of a dtype the
+    network cannot take), or naming the first tensor holding NaN or inf (it would sample black images).
+    `expected` may be meta tensors: only their shapes and dtypes are read."""
+    common = sorted(expected.keys() & found.keys())
+    problems = []
+    for label, keys, show in (
+        ("missing tensors", sorted(expected.keys() - found.keys()), str),
+        ("unexpected tensors", sorted(found.keys() - expected.keys()), str),
+        (
+            "tensors of another shape (stored vs config)",
+            [k for k in common if expected[k].shape != found[k].shape],
+            lambda k: f"{k} {tuple(found[k].shape)} vs {tuple(expected[k].shape)}",
+        ),
+        (
+            f"tensors of a dtype the network cannot take (weights are {', '.join(DTYPES)})",
+            [k for k in common if not _holds(expected[k].dtype, found[k].dtype)],
+            lambda k: f"{k} {str(found[k].dtype).removeprefix('torch.')}",
+        ),
+    ):
+        if keys:
+            more = f" (+{len(keys) - shown} more)" if len(keys) > shown else ""
+            problems.append(f"{len(keys)} {label}: {', '.join(map(show, keys[:shown]))}{more}")
+    if problems:
+        raise ValueError(f"{where}: weights do not match {described_by}: {'; '.join(problems)}")
+    for k in common:
+        if found[k].is_floating_point() and not torch.isfinite(found[k]).all():
+            raise ValueError(f"{where}: tensor {k} holds NaN or infinite values; the weights are broken")
+
+
+def _holds(expected: torch.dtype, stored: torch.dtype) -> bool:
+    """Floating weights may be stored in any bundle dtype (they are cast on load); others must match."""
+    return stored in DTYPES.values() if expected.is_floating_point else stored == expected

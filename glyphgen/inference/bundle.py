@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING
 import torch
 from PIL import Image
 
+from glyphgen.checkpoint_io import DTYPES, check_tensors
 from glyphgen.diffusion import (
     GaussianDiffusion,
     Progress,
@@ -36,9 +37,10 @@ from glyphgen.diffusion import (
     with_options,
 )
 from glyphgen.diffusion import sample as draw_chain
+from glyphgen.diffusion.pixels import to_uint8, to_unit
 from glyphgen.eval.evaluate import EvalReport, evaluate
-from glyphgen.inference.format import DTYPES, WEIGHTS, BundleConfig, check_tensors, read_config
-from glyphgen.inference.sample import ImagesIn, check_prompts, from_pil, to_pil, to_uint8, to_unit
+from glyphgen.inference.format import WEIGHTS, BundleConfig, read_config
+from glyphgen.inference.sample import ImagesIn, check_prompts, from_pil, to_pil
 from glyphgen.models.unet import UNet
 from glyphgen.text.tokenizer import CharTokenizer
 

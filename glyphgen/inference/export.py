@@ -16,15 +16,13 @@ from pathlib import Path
 import torch
 from safetensors.torch import save_file
 
-from glyphgen.checkpoint_io import NETWORKS, network_state, read_checkpoint
+from glyphgen.checkpoint_io import DTYPES, NETWORKS, check_tensors, network_state, read_checkpoint
 from glyphgen.config import load_config
 from glyphgen.diffusion import DiffusionConfig
 from glyphgen.inference.format import (
     CONFIG,
-    DTYPES,
     WEIGHTS,
     BundleConfig,
-    check_tensors,
     read_config,
     refuse_interpolations,
     write_config,

@@ -12,9 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 
+from glyphgen.checkpoint_io import DTYPES
 from glyphgen.config import ConfigError, load_config, require, save_config
 from glyphgen.diffusion import DiffusionConfig
 from glyphgen.models.unet import UNetConfig
@@ -24,7 +24,6 @@ from glyphgen.text.tokenizer import TokenizerConfig
 FORMAT = "glyphgen-bundle/1"
 WEIGHTS = "model.safetensors"
 CONFIG = "config.yaml"
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 @dataclass
@@ -100,41 +99,3 @@ def refuse_interpolations(node: Any, where: str | Path, key: str = "") -> None:
     elif isinstance(node, (list, tuple)):
         for i, v in enumerate(node):
             refuse_interpolations(v, where, f"{key}[{i}]")
-
-
-def check_tensors(
-    expected: Mapping[str, torch.Tensor], found: Mapping[str, torch.Tensor], where: Path, shown: int = 3
-) -> None:
-    """Raise a one-line ValueError naming the first few keys when the stored tensors do not fit the
-    network `config.yaml` describes (missing, unexpected, of another shape, or of a dtype the
-    network cannot take), or naming the first tensor holding NaN or inf (it would sample black images).
-    `expected` may be meta tensors: only their shapes and dtypes are read."""
-    common = sorted(expected.keys() & found.keys())
-    problems = []
-    for label, keys, show in (
-        ("missing tensors", sorted(expected.keys() - found.keys()), str),
-        ("unexpected tensors", sorted(found.keys() - expected.keys()), str),
-        (
-            "tensors of another shape (stored vs config)",
-            [k for k in common if expected[k].shape != found[k].shape],
-            lambda k: f"{k} {tuple(found[k].shape)} vs {tuple(expected[k].shape)}",
-        ),
-        (
-            f"tensors of a dtype the network cannot take (weights are {', '.join(DTYPES)})",
-            [k for k in common if not _holds(expected[k].dtype, found[k].dtype)],
-            lambda k: f"{k} {str(found[k].dtype).removeprefix('torch.')}",
-        ),
-    ):
-        if keys:
-            more = f" (+{len(keys) - shown} more)" if len(keys) > shown else ""
-            problems.append(f"{len(keys)} {label}: {', '.join(map(show, keys[:shown]))}{more}")
-    if problems:
-        raise ValueError(f"{where}: weights do not match {CONFIG}: {'; '.join(problems)}")
-    for k in common:
-        if found[k].is_floating_point() and not torch.isfinite(found[k]).all():
-            raise ValueError(f"{where}: tensor {k} holds NaN or infinite values; the weights are broken")
-
-
-def _holds(expected: torch.dtype, stored: torch.dtype) -> bool:
-    """Floating weights may be stored in any bundle dtype (they are cast on load); others must match."""
-    return stored in DTYPES.values() if expected.is_floating_point else stored == expected

@@ -1,5 +1,5 @@
-"""What sampling needs besides a network: prompt checks and conversions between the network's
-[-1, 1] tensors, uint8 tensors and PIL images. `Bundle` (bundle.py) samples one bundle, `Cascade`
+"""What sampling needs besides a network: prompt checks and conversions between uint8 tensors and
+PIL images (`glyphgen.diffusion.pixels` converts to and from the network's [-1, 1]). `Bundle` (bundle.py) samples one bundle, `Cascade`
 (cascade.py) a base followed by super-resolution bundles."""
 
 from __future__ import annotations
@@ -37,16 +37,6 @@ def check_prompts(texts: Sequence[str], tokenizer: CharTokenizer) -> None:
             raise ValueError(
                 f"prompt {shown} has characters outside the model's alphabet: {', '.join(map(repr, unknown))}"
             )
-
-
-def to_uint8(x: torch.Tensor) -> torch.Tensor:
-    """[-1, 1] float images -> uint8 [0, 255], on the CPU."""
-    return ((x.float().clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
-
-
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1] (as the training stages feed images to the network)."""
-    return x.float() / 127.5 - 1
 
 
 def to_pil(images: torch.Tensor) -> list[Image.Image]:

@@ -23,6 +23,7 @@ import torch
 from glyphgen.config import load_config
 from glyphgen.data.loader import LoaderConfig, make_loader
 from glyphgen.diffusion import create_diffusion, drop_text, randn_from, sample, with_options
+from glyphgen.diffusion.pixels import to_uint8, to_unit
 from glyphgen.models.localisation import localisation_loss, recording_attention
 from glyphgen.models.registry import sized_model_config
 from glyphgen.models.unet import UNet, UNetConfig
@@ -47,11 +48,6 @@ def stage_config(config: dict | StageConfig) -> StageConfig:
 def build_model_config(cfg: StageConfig, size: str | None = None) -> UNetConfig:
     """The named size with the stage's `model` overrides applied (validated, errors name the key)."""
     return sized_model_config(size or cfg.model_size, cfg.model)
-
-
-def to_unit(images: torch.Tensor) -> torch.Tensor:
-    """uint8 [0, 255] -> float [-1, 1]."""
-    return images.float() / 127.5 - 1
 
 
 class DiffusionCore(L.LightningModule):
@@ -292,4 +288,4 @@ class DiffusionCore(L.LightningModule):
             device=self.device,
         )
         net.train(training)
-        return ((out.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).cpu()
+        return to_uint8(out)

@@ -16,11 +16,12 @@ import torch
 import torch.nn.functional as F
 
 from glyphgen.diffusion import augment_low_res
+from glyphgen.diffusion.pixels import to_unit
 from glyphgen.models.registry import SANDWICH
 from glyphgen.models.unet import UNet
 from glyphgen.models.warm_start import WarmStartReport, sandwich_warm_start
 from glyphgen.training.config import Stage
-from glyphgen.training.core import DiffusionCore, build_model_config, to_unit
+from glyphgen.training.core import DiffusionCore, build_model_config
 
 
 class PretrainSynthetic(DiffusionCore):

@@ -19,8 +19,8 @@ from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import CSVLogger, TensorBoardLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
+from glyphgen.checkpoint_io import check_tensors
 from glyphgen.config import save_config, to_dict
-from glyphgen.inference.format import check_tensors
 from glyphgen.training.callbacks import LossCurve, PreemptionCheckpoint, SampleGrid, StageComplete
 from glyphgen.training.checkpoints import AtomicCheckpointIO, read_checkpoint
 from glyphgen.training.config import StageConfig
