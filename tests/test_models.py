@@ -10,7 +10,7 @@ import torch
 
 from glyphgen.models.attention import WeaveAttention
 from glyphgen.models.info import example_inputs
-from glyphgen.models.registry import MODELS, SANDWICH, create_model, model_config
+from glyphgen.models.registry import MODELS, SANDWICH_BASE, create_model, model_config
 from glyphgen.models.text_encoder import TextEncoder, line_index
 from glyphgen.models.unet import TextAttention, UNet
 from glyphgen.models.warm_start import sandwich_warm_start
@@ -141,7 +141,7 @@ def test_none_mode_ignores_text_and_superres_needs_low_res():
 
 @pytest.mark.parametrize("sr_name", ["tiny-sr", "sr256"])
 def test_sandwich_warm_start_report_is_exact(sr_name):
-    base_name = SANDWICH[sr_name]
+    base_name = SANDWICH_BASE[sr_name]
     device = "cpu" if sr_name == "tiny-sr" else "meta"
     with torch.device(device):
         base, sr = create_model(base_name), create_model(sr_name)

@@ -62,7 +62,7 @@ def test_v_is_a_rotation_of_x0_and_eps():
     d = create_diffusion(DiffusionConfig(parameterization="v"))
     x0, eps, t = batch(3)
     v = Parameterization("v").target(x0, eps, t, d)
-    a, s = d.at("sqrt_alphas_cumprod", t, x0), d.at("sqrt_one_minus_alphas_cumprod", t, x0)
+    a, s = d.coefficient("sqrt_alphas_cumprod", t, x0), d.coefficient("sqrt_one_minus_alphas_cumprod", t, x0)
     torch.testing.assert_close(v, a * eps - s * x0)
     torch.testing.assert_close(a * d.q_sample(x0, t, eps) - s * v, x0)
 

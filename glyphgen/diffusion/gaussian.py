@@ -112,7 +112,7 @@ class GaussianDiffusion:
         """One of the float64 schedule arrays (betas, alphas_cumprod, posterior_variance, ...)."""
         return self._arrays[name]
 
-    def at(self, name: str, t: Tensor, like: Tensor) -> Tensor:
+    def coefficient(self, name: str, t: Tensor, like: Tensor) -> Tensor:
         """array[name][t] shaped to broadcast against `like`, in its dtype. Arrays are copied to each
         device once, so indexing with a `t` already on the device costs no host-device copy."""
         key = (name, like.device)
@@ -145,24 +145,29 @@ class GaussianDiffusion:
         """Sample x_t ~ q(x_t | x_0)."""
         noise = torch.randn_like(x0) if noise is None else noise
         return (
-            self.at("sqrt_alphas_cumprod", t, x0) * x0
-            + self.at("sqrt_one_minus_alphas_cumprod", t, x0) * noise
+            self.coefficient("sqrt_alphas_cumprod", t, x0) * x0
+            + self.coefficient("sqrt_one_minus_alphas_cumprod", t, x0) * noise
         )
 
     def q_posterior_mean_variance(self, x0: Tensor, x_t: Tensor, t: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Mean, variance and floored log-variance of q(x_{t-1} | x_t, x_0)."""
         mean = (
-            self.at("posterior_mean_coef_x0", t, x_t) * x0 + self.at("posterior_mean_coef_xt", t, x_t) * x_t
+            self.coefficient("posterior_mean_coef_x0", t, x_t) * x0
+            + self.coefficient("posterior_mean_coef_xt", t, x_t) * x_t
         )
-        return mean, self.at("posterior_variance", t, x_t), self.at("posterior_log_variance_clipped", t, x_t)
+        return (
+            mean,
+            self.coefficient("posterior_variance", t, x_t),
+            self.coefficient("posterior_log_variance_clipped", t, x_t),
+        )
 
     def predict_eps(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor:
         """eps implied by x_t and x_0. Where alpha_bar is 0 (a zero-terminal-SNR schedule's last
         step) x_t is the noise itself."""
-        eps = (self.at("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self.at(
+        eps = (self.coefficient("sqrt_recip_alphas_cumprod", t, x_t) * x_t - x0) / self.coefficient(
             "sqrt_recipm1_alphas_cumprod", t, x_t
         )
-        return torch.where(self.at("alphas_cumprod", t, x_t) == 0, x_t, eps)
+        return torch.where(self.coefficient("alphas_cumprod", t, x_t) == 0, x_t, eps)
 
     def p_from_output(
         self, output: Tensor, x_t: Tensor, t: Tensor, clip_denoised: bool = True, threshold: float = 0.0
@@ -180,11 +185,11 @@ class GaussianDiffusion:
         prediction = output[:, :channels]
         if self.learn_sigma:
             frac = (output[:, channels:] + 1) / 2
-            log_variance = frac * self.at("log_betas", t, x_t) + (1 - frac) * self.at(
+            log_variance = frac * self.coefficient("log_betas", t, x_t) + (1 - frac) * self.coefficient(
                 "posterior_log_variance_clipped", t, x_t
             )
         else:
-            log_variance = self.at("fixed_log_variance", t, x_t).expand_as(x_t)
+            log_variance = self.coefficient("fixed_log_variance", t, x_t).expand_as(x_t)
         pred_x0 = self.parameterization.x0(prediction, x_t, t, self)
         eps = self.parameterization.eps(prediction, x_t, t, self)
         if clip_denoised:
@@ -240,7 +245,7 @@ class GaussianDiffusion:
         mse = mean_flat((output[:, :channels] - target) ** 2)
         weighted = mse
         if self.loss_weighting != "uniform":
-            snr = self.at("snr", t, mse)
+            snr = self.coefficient("snr", t, mse)
             weighted = mse * self.parameterization.loss_weight(snr, self.loss_weighting, self.min_snr_gamma)
         # The VLB must not move the mean (the MSE does that better): only the variance gets its gradient.
         frozen = torch.cat([output[:, :channels].detach(), output[:, channels:]], dim=1)

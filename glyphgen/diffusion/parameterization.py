@@ -45,10 +45,10 @@ class Weighting(Choice):
 
 
 class Coefficients(Protocol):
-    """What a parameterization reads from a diffusion (`GaussianDiffusion`): `at(name, t, like)`
-    broadcasts a schedule array at timesteps `t` against `like`; `predict_eps` inverts x0."""
+    """What a parameterization reads from a diffusion (`GaussianDiffusion`): `coefficient(name, t,
+    like)` broadcasts a schedule array at timesteps `t` against `like`; `predict_eps` inverts x0."""
 
-    def at(self, name: str, t: Tensor, like: Tensor) -> Tensor: ...
+    def coefficient(self, name: str, t: Tensor, like: Tensor) -> Tensor: ...
 
     def predict_eps(self, x_t: Tensor, t: Tensor, x0: Tensor) -> Tensor: ...
 
@@ -71,7 +71,8 @@ class Parameterization:
             return eps
         if self.name == "v":
             return (
-                c.at("sqrt_alphas_cumprod", t, x0) * eps - c.at("sqrt_one_minus_alphas_cumprod", t, x0) * x0
+                c.coefficient("sqrt_alphas_cumprod", t, x0) * eps
+                - c.coefficient("sqrt_one_minus_alphas_cumprod", t, x0) * x0
             )
         return x0
 
@@ -79,13 +80,13 @@ class Parameterization:
         """x0 implied by a network output at x_t."""
         if self.name == "eps":  # 1/a and s/a precomputed in float64: the form of every earlier release
             return (
-                c.at("sqrt_recip_alphas_cumprod", t, x_t) * x_t
-                - c.at("sqrt_recipm1_alphas_cumprod", t, x_t) * output
+                c.coefficient("sqrt_recip_alphas_cumprod", t, x_t) * x_t
+                - c.coefficient("sqrt_recipm1_alphas_cumprod", t, x_t) * output
             )
         if self.name == "v":
             return (
-                c.at("sqrt_alphas_cumprod", t, x_t) * x_t
-                - c.at("sqrt_one_minus_alphas_cumprod", t, x_t) * output
+                c.coefficient("sqrt_alphas_cumprod", t, x_t) * x_t
+                - c.coefficient("sqrt_one_minus_alphas_cumprod", t, x_t) * output
             )
         return output
 
@@ -95,8 +96,8 @@ class Parameterization:
             return output
         if self.name == "v":
             return (
-                c.at("sqrt_one_minus_alphas_cumprod", t, x_t) * x_t
-                + c.at("sqrt_alphas_cumprod", t, x_t) * output
+                c.coefficient("sqrt_one_minus_alphas_cumprod", t, x_t) * x_t
+                + c.coefficient("sqrt_alphas_cumprod", t, x_t) * output
             )
         return c.predict_eps(x_t, t, output)
 

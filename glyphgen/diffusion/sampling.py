@@ -59,7 +59,7 @@ def drop_text(
     return torch.where(drop[:, None], null_tokens, tokens), torch.where(drop[:, None], null_mask, mask)
 
 
-def _both(cond: Any, null: Any | None, batch: int) -> Any:
+def _doubled_kwarg(cond: Any, null: Any | None, batch: int) -> Any:
     """A model kwarg for the doubled batch: cond followed by null (padded to a common length), or cond
     twice for kwargs that guidance leaves alone (e.g. `low_res`)."""
     if not isinstance(cond, Tensor) or cond.ndim == 0 or cond.shape[0] != batch:
@@ -88,7 +88,7 @@ def guided(model: Model, scale: float, null_kwargs: dict[str, Tensor], rescale: 
         if missing:
             raise ValueError(f"guidance replaces {sorted(missing)} but the model kwargs lack them")
         batch, channels = x.shape[:2]
-        doubled = {k: _both(v, null_kwargs.get(k), batch) for k, v in kwargs.items()}
+        doubled = {k: _doubled_kwarg(v, null_kwargs.get(k), batch) for k, v in kwargs.items()}
         cond, uncond = model(torch.cat([x, x]), torch.cat([t, t]), **doubled).chunk(2)
         pred = cond[:, :channels] + scale * (cond[:, :channels] - uncond[:, :channels])
         if rescale > 0:
@@ -100,7 +100,7 @@ def guided(model: Model, scale: float, null_kwargs: dict[str, Tensor], rescale: 
     return forward
 
 
-def _start(
+def _initial_noise(
     shape: Sequence[int],
     noise: Tensor | None,
     generator: torch.Generator | None,
@@ -136,7 +136,7 @@ def p_sample_loop(
 ) -> Tensor:
     """Ancestral DDPM sampling: x_{t-1} ~ p(x_{t-1} | x_t) from t = T-1 down to 0, starting at
     `noise` or at N(0, I) drawn from `generator`. Returns x_0 [B, C, H, W]."""
-    x = _start(shape, noise, generator, device)
+    x = _initial_noise(shape, noise, generator, device)
     for i, t in _reverse_steps(diffusion, x, progress):
         out = diffusion.p_mean_variance(model, x, t, model_kwargs, clip_denoised, threshold)
         x = out["mean"]
@@ -163,13 +163,13 @@ def ddim_sample_loop(
     """DDIM sampling (Song et al. 2021): x_{t-1} = sqrt(abar_{t-1}) x0_hat + sqrt(1 - abar_{t-1} -
     sigma^2) eps_hat + sigma z, with sigma = eta * sqrt((1 - abar_{t-1}) / (1 - abar_t)) *
     sqrt(1 - abar_t / abar_{t-1}); eta = 0 is deterministic given the starting noise."""
-    x = _start(shape, noise, generator, device)
+    x = _initial_noise(shape, noise, generator, device)
     for i, t in _reverse_steps(diffusion, x, progress):
         out = diffusion.p_mean_variance(model, x, t, model_kwargs, clip_denoised, threshold)
         # eps consistent with the (clipped) x0 prediction, as in DDIM's reference implementation.
         eps = diffusion.predict_eps(x, t, out["pred_x0"])
-        abar = diffusion.at("alphas_cumprod", t, x)
-        abar_prev = diffusion.at("alphas_cumprod_prev", t, x)
+        abar = diffusion.coefficient("alphas_cumprod", t, x)
+        abar_prev = diffusion.coefficient("alphas_cumprod_prev", t, x)
         sigma = eta * ((1 - abar_prev) / (1 - abar)).sqrt() * (1 - abar / abar_prev).sqrt()
         x = abar_prev.sqrt() * out["pred_x0"] + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
         if i > 0 and eta > 0:
@@ -198,7 +198,7 @@ def dpm_solver_pp_2m_loop(
     by the previous one: D = (1 + 1/(2r)) x0_s - x0_prev / (2r), r = h_prev / h. The first step, and
     the last (onto sigma = 0, where it returns the x0 prediction), are first order. Deterministic:
     one model call per step and no noise after the start."""
-    x = _start(shape, noise, generator, device)
+    x = _initial_noise(shape, noise, generator, device)
     abar, abar_prev = diffusion.array("alphas_cumprod"), diffusion.array("alphas_cumprod_prev")
     prev_x0, prev_h = None, None
     for i, t in _reverse_steps(diffusion, x, progress):

@@ -2,7 +2,7 @@
 
 Every size keeps every mechanism on (weave attention, self-attention, relative bias, line
 embedding, timestep-aware encoder), so the tiny ones test the same code paths the big ones train.
-`SANDWICH` names the base each super-resolution size is warm-started from.
+`SANDWICH_BASE` names the base each super-resolution size is warm-started from.
 """
 
 from __future__ import annotations
@@ -70,7 +70,7 @@ MODELS: dict[str, Callable[[], UNetConfig]] = {
     "base128": base128,
     "sr256": sr256,
 }
-SANDWICH: dict[str, str] = {"tiny-sr": "tiny", "sr256": "base128"}
+SANDWICH_BASE: dict[str, str] = {"tiny-sr": "tiny", "sr256": "base128"}
 
 
 def model_config(name: str) -> UNetConfig:

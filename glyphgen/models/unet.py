@@ -83,7 +83,7 @@ class UNetConfig:
         return self.in_channels * (2 if self.learn_sigma else 1)
 
 
-class Block(nn.ModuleList):
+class ConditionedSequence(nn.ModuleList):
     """A sequence of layers, each called with the conditioning it needs."""
 
     def forward(self, x, emb, text, text_mask):
@@ -120,21 +120,25 @@ class UNet(nn.Module):
 
         in_ch = cfg.in_channels * (2 if cfg.superres else 1)
         ch, res = mc * cfg.channel_mult[0], cfg.resolution
-        self.input_blocks = nn.ModuleList([Block([nn.Conv2d(in_ch, ch, 3, padding=1)])])
+        self.input_blocks = nn.ModuleList([ConditionedSequence([nn.Conv2d(in_ch, ch, 3, padding=1)])])
         skips = [ch]
         for level, mult in enumerate(cfg.channel_mult):
             for _ in range(cfg.num_res_blocks):
                 self.input_blocks.append(
-                    Block([ResBlock(ch, emb_dim, mc * mult, cfg.dropout), *attention(mc * mult, res)])
+                    ConditionedSequence(
+                        [ResBlock(ch, emb_dim, mc * mult, cfg.dropout), *attention(mc * mult, res)]
+                    )
                 )
                 ch = mc * mult
                 skips.append(ch)
             if level < len(cfg.channel_mult) - 1:
-                self.input_blocks.append(Block([ResBlock(ch, emb_dim, ch, cfg.dropout, resample="down")]))
+                self.input_blocks.append(
+                    ConditionedSequence([ResBlock(ch, emb_dim, ch, cfg.dropout, resample="down")])
+                )
                 skips.append(ch)
                 res //= 2
 
-        self.middle_block = Block(
+        self.middle_block = ConditionedSequence(
             [
                 ResBlock(ch, emb_dim, ch, cfg.dropout),
                 SelfAttention(ch, cfg.head_channels, glide_dim),
@@ -153,7 +157,7 @@ class UNet(nn.Module):
                 if level and i == cfg.num_res_blocks:
                     layers.append(ResBlock(ch, emb_dim, ch, cfg.dropout, resample="up"))
                     res *= 2
-                self.output_blocks.append(Block(layers))
+                self.output_blocks.append(ConditionedSequence(layers))
 
         self.out = nn.Sequential(
             group_norm(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1))

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 
 from glyphgen.diffusion import augment_low_res
 from glyphgen.diffusion.pixels import to_unit
-from glyphgen.models.registry import SANDWICH
+from glyphgen.models.registry import SANDWICH_BASE
 from glyphgen.models.unet import UNet
 from glyphgen.models.warm_start import WarmStartReport, sandwich_warm_start
 from glyphgen.training.config import Stage
@@ -61,7 +61,7 @@ class SuperRes(DiffusionCore):
         return {**super().sample_kwargs(texts, batch), "low_res": low}
 
     def warm_start(self, path: str) -> str:
-        base_size = self.cfg.init_model_size or SANDWICH.get(self.cfg.model_size)
+        base_size = self.cfg.init_model_size or SANDWICH_BASE.get(self.cfg.model_size)
         if base_size is None:
             raise ValueError(f"no base size is known for {self.cfg.model_size}: set init_model_size")
         with torch.device("meta"):
