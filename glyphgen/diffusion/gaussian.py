@@ -137,7 +137,7 @@ class GaussianDiffusion:
     ) -> Tensor:
         """Timesteps drawn uniformly from [0, num_steps), int64 [batch], drawn from `generator`."""
         t = torch.randint(
-            0, self.num_steps, (batch,), generator=generator, device=_draw_device(generator, device)
+            0, self.num_steps, (batch,), generator=generator, device=draw_device(generator, device)
         )
         return t.to(device)
 
@@ -287,13 +287,13 @@ def augment_low_res(
     if max_fraction <= 0:
         return low_res, torch.zeros(batch, dtype=torch.long, device=low_res.device)
     high = max(1, int(max_fraction * diffusion.num_steps))
-    t = torch.randint(0, high, (batch,), generator=generator, device=_draw_device(generator, low_res.device))
+    t = torch.randint(0, high, (batch,), generator=generator, device=draw_device(generator, low_res.device))
     t = t.to(low_res.device)
     noise = randn_from(low_res.shape, generator, low_res.device, low_res.dtype)
     return diffusion.q_sample(low_res, t, noise), t
 
 
-def _draw_device(generator: torch.Generator | None, device: torch.device | str | None):
+def draw_device(generator: torch.Generator | None, device: torch.device | str | None):
     """Random numbers are drawn where the generator lives, so a seed means the same numbers."""
     return device if generator is None else generator.device
 
@@ -306,7 +306,7 @@ def randn_from(
 ) -> Tensor:
     """Standard normal noise drawn from `generator` (on the generator's device, so a seed gives the
     same numbers whatever device the result goes to), returned on `device`."""
-    return torch.randn(shape, generator=generator, device=_draw_device(generator, device), dtype=dtype).to(
+    return torch.randn(shape, generator=generator, device=draw_device(generator, device), dtype=dtype).to(
         device
     )
 

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glyphgen.diffusion.gaussian import GaussianDiffusion, Model, randn_from
+from glyphgen.diffusion.gaussian import GaussianDiffusion, Model, draw_device, randn_from
 from glyphgen.diffusion.schedule import Sampler, check_guidance
 from glyphgen.text.tokenizer import BOS, EOS, NULL, PAD
 
@@ -54,8 +54,8 @@ def drop_text(
     length = max(tokens.shape[1], 3)
     tokens, mask = pad_tokens(tokens, length), pad_tokens(mask, length)
     null_tokens, null_mask = (pad_tokens(x, length) for x in null_text_like(tokens, mask))
-    draw_device = tokens.device if generator is None else generator.device
-    drop = (torch.rand(tokens.shape[0], generator=generator, device=draw_device) < p).to(tokens.device)
+    where = draw_device(generator, tokens.device)
+    drop = (torch.rand(tokens.shape[0], generator=generator, device=where) < p).to(tokens.device)
     return torch.where(drop[:, None], null_tokens, tokens), torch.where(drop[:, None], null_mask, mask)
 
 
