@@ -1,8 +1,8 @@
 """Stage-2 data: real images with transcripts, as shards
 (docs/architecture.md, "Real-image shards (stage 2)").
 
-Input is a folder of images, each with an optional `name.txt` transcript beside `name.png` (the
-seed's format), or a JSONL manifest of `{"image": path, "text": optional}` lines. Images without a
+Input is a folder of images, each with an optional `name.txt` transcript beside `name.png` (frank's
+format), or a JSONL manifest of `{"image": path, "text": optional}` lines. Images without a
 transcript are read by the OCR engine on the full-size original; only then is the image resized and
 cropped to the stage resolution, around the text it holds, and text that the crop cuts away is taken
 out of the transcript. Everything that can be wrong with one input (unreadable, huge or extremely thin

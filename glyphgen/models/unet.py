@@ -52,7 +52,7 @@ class UNetConfig:
     learn_sigma: bool = True
     """Also output the variance interpolation (2x channels), for the hybrid loss."""
     text_attention: TextAttention = TextAttention.weave
-    """How the image sees the text: "weave" (the seed), "glide" (text appended to self-attention
+    """How the image sees the text: "weave" (frank's), "glide" (text appended to self-attention
     keys/values) or "none" (no text: an unconditional model)."""
     superres: bool = False
     """Super-resolution model: the low-res image is upsampled and concatenated to the input."""
