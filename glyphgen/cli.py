@@ -51,7 +51,26 @@ def build_parser() -> argparse.ArgumentParser:
     src = real.add_mutually_exclusive_group()
     src.add_argument("--images", help="folder of images (optional NAME.txt transcript beside each)")
     src.add_argument("--manifest", help='JSONL file of {"image": path, "text": optional}')
+    src.add_argument(
+        "--webdataset",
+        metavar="SPEC",
+        help="img2dataset WebDataset tars: a path, a brace pattern (shards/{00000..00009}.tar) or a "
+        "pipe:/URL pattern; captions are kept as metadata, transcripts come from the OCR",
+    )
+    real.add_argument(
+        "--part",
+        metavar="I/N",
+        help="with --webdataset: transcribe part I of N (every N-th input shard from I); "
+        "resumes where a killed run stopped, skips a finished part",
+    )
     _shard_args(kinds.add_parser("demo-real", help="the embedded demo set: real photos composed with text"))
+
+    merge = verbs.add_parser(
+        "merge-shards", help="combine finished `make-shards real --part` folders into one shard folder"
+    )
+    merge.add_argument("out", help="new shard folder to write")
+    merge.add_argument("parts", nargs="+", metavar="PART_DIR", help="finished part folders")
+    merge.add_argument("--overwrite", action="store_true", help="replace a shard folder glyphgen wrote")
 
     train = verbs.add_parser("train", help="train one stage from a stage config")
     _config_args(train)
@@ -228,9 +247,17 @@ def cmd_make_shards(args) -> None:
     from glyphgen.data.build import build
 
     refuse_existing([args.preview] if args.preview else [], args.overwrite)
-    names = ["out", "resolution", "count", "workers", "seed", "images", "manifest"]
+    names = ["out", "resolution", "count", "workers", "seed", "images", "manifest", "webdataset", "part"]
     report = build(args.kind, args.config, args.overrides, _values(args, names), args.overwrite, args.preview)
     print(report.out)
+
+
+def cmd_merge_shards(args) -> None:
+    from glyphgen.data.merge import merge_parts
+
+    merged = merge_parts(args.out, args.parts, args.overwrite)
+    print(f"merged {len(merged['parts'])} parts: {merged['count']} samples in {len(merged['shards'])} shards")
+    print(args.out)
 
 
 def cmd_check_shards(args) -> None:
@@ -404,6 +431,7 @@ COMMANDS = {
     "model-info": cmd_model_info,
     "fonts": cmd_fonts,
     "make-shards": cmd_make_shards,
+    "merge-shards": cmd_merge_shards,
     "check-shards": cmd_check_shards,
 }
 

@@ -14,7 +14,7 @@ from glyphgen.data.shards import BuildReport
 # checked against it.
 BUILDERS = {
     "synthetic": ("glyphgen.data.synthetic", "SyntheticConfig", "build_synthetic_shards"),
-    "real": ("glyphgen.data.real", "RealConfig", "build_real_shards"),
+    "real": ("glyphgen.data.real_wds", "RealConfig", "build_real"),  # images, a manifest or WebDataset tars
     "demo-real": ("glyphgen.data.demo", "DemoRealConfig", "build_demo_real_shards"),
 }
 

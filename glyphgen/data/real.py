@@ -2,13 +2,14 @@
 (docs/architecture.md, "Real-image shards (stage 2)").
 
 Input is a folder of images, each with an optional `name.txt` transcript beside `name.png` (frank's
-format), or a JSONL manifest of `{"image": path, "text": optional}` lines. Images without a
-transcript are read by the OCR engine on the full-size original; only then is the image resized and
-cropped to the stage resolution, around the text it holds, and text that the crop cuts away is taken
-out of the transcript. Everything that can be wrong with one input (unreadable, huge or extremely thin
-images, bad manifest lines, paths escaping the named folder, unreadable transcripts, empty
-transcripts, OCR failures and time-outs) is counted and skipped, never fatal; a manifest that is not
-UTF-8 text is one error naming its line.
+format), or a JSONL manifest of `{"image": path, "text": optional}` lines (img2dataset-style
+WebDataset tars go through the same per-image pipeline, `RealBuilder.make_sample`, in
+glyphgen/data/real_wds.py). Images without a transcript are read by the OCR engine on the
+full-size original; only then is the image resized and cropped to the stage resolution, around the
+text it holds, and text that the crop cuts away is taken out of the transcript. Everything that can
+be wrong with one input (unreadable, huge or extremely thin images, bad manifest lines, paths
+escaping the named folder, unreadable transcripts, empty transcripts, OCR failures and time-outs) is
+counted and skipped, never fatal; a manifest that is not UTF-8 text is one error naming its line.
 """
 
 from __future__ import annotations
@@ -51,7 +52,15 @@ class RealConfig(ShardBuildConfig):
     """A folder of images (searched recursively), each with an optional `name.txt` transcript."""
     manifest: str | None = None
     """A JSONL file of {"image": path, "text": optional} lines; paths are relative to its folder and
-    must stay inside it. Give exactly one of `images` and `manifest`."""
+    must stay inside it."""
+    webdataset: str | None = None
+    """img2dataset-style WebDataset tar shards (KEY.jpg/png/webp, KEY.txt caption, KEY.json): a tar
+    path, a brace pattern (`shards/{00000..00099}.tar`) or a `pipe:`/URL pattern, typed by the user.
+    Captions are kept in the metadata, never used as transcripts: the OCR reads every image.
+    Give exactly one of `images`, `manifest` and `webdataset` (glyphgen/data/real_wds.py)."""
+    part: str = "0/1"
+    """With `webdataset`: `I/N` transcribes the I-th of N deterministic parts of the input shards
+    (every N-th of the sorted list, starting at I), so N processes cover the input exactly once."""
     out: str = "data_shards/real-64"
     """Folder the shards and manifest.json are written to."""
     max_pixels: int = DEFAULT_MAX_PIXELS
@@ -73,12 +82,22 @@ class RealConfig(ShardBuildConfig):
     from them, and under classifier-free guidance the null transcript already covers "no text"."""
 
     def __post_init__(self):
+        given = [s for s in (self.images, self.manifest, self.webdataset) if s is not None]
         require(
-            self.images is not None or self.manifest is not None,
+            len(given) > 0,
             "images",
-            "needs a folder of images (--images DIR) or a JSONL manifest (--manifest FILE)",
+            "needs a folder of images (--images DIR), a JSONL manifest (--manifest FILE) or "
+            "WebDataset shards (--webdataset SPEC)",
         )
         require(self.images is None or self.manifest is None, "manifest", "give images or manifest, not both")
+        require(len(given) == 1, "webdataset", "give webdataset or images/manifest, not both")
+        require(self.webdataset is None or self.webdataset.strip() != "", "webdataset", "is empty")
+        require(
+            self.part == "0/1" or self.webdataset is not None,
+            "part",
+            "only splits WebDataset input (--webdataset)",
+        )
+        parse_part(self.part)
         require_path(self.images, "images", kind="folder")
         require_path(self.manifest, "manifest", kind="file")
         require(
@@ -109,6 +128,23 @@ class RealTask:
     sidecar: str | None = None
     """Path of the `name.txt` transcript beside the image, if there is one."""
     error: Skipped | None = None
+    data: bytes | None = None
+    """The encoded image itself (read from a tar), used instead of `path`."""
+    key: str | None = None
+    """The output sample's key; default: `index` as 8 digits."""
+    extra: tuple[tuple[str, object], ...] = ()
+    """(name, value) pairs added to the sample's metadata (a WebDataset caption, its url)."""
+
+
+def parse_part(part: str) -> tuple[int, int]:
+    """`"I/N"` -> (I, N), with 0 <= I < N; a `ConfigValueError` naming `part` otherwise."""
+    index, slash, count = str(part).strip().partition("/")
+    ok = slash and index.isdigit() and count.isdigit() and index.isascii() and count.isascii()
+    require(bool(ok), "part", f"must be I/N (e.g. 0/4), got {part!r}")
+    i, n = int(index), int(count)
+    require(n >= 1, "part", f"needs N >= 1 parts, got {part!r}")
+    require(i < n, "part", f"index must be in [0, {n - 1}] for {n} parts, got {part!r}")
+    return i, n
 
 
 def normalise_transcript(text: str) -> str:
@@ -237,13 +273,13 @@ class RealBuilder(ShardBuilder):
             return task.error
         cfg = self.cfg
         try:
-            img = load_image(task.path, cfg.max_pixels)
+            img = load_image(task.data if task.data is not None else task.path, cfg.max_pixels)
         except BadImage as e:
             return Skipped(e.reason, f"{task.source}: {e.detail}")
         if max(img.size) > cfg.max_aspect * min(img.size):
             why = f"{task.source}: {img.width}x{img.height} is over max_aspect={cfg.max_aspect:g}:1"
             return Skipped("extreme aspect ratio", why)
-        meta = {"source": task.source, "width": img.width, "height": img.height}
+        meta = {"source": task.source, "width": img.width, "height": img.height, **dict(task.extra)}
         limit = cfg.ocr_time_limit
         try:
             if task.sidecar is not None or task.text is not None:
@@ -263,7 +299,8 @@ class RealBuilder(ShardBuilder):
             return Skipped("OCR failed", f"{task.source}: {e}")
         if cfg.skip_empty and not text.strip():
             return Skipped("empty transcript", task.source)
-        return Sample(f"{task.index:08d}", to_png_bytes(img), text, meta)
+        key = task.key if task.key is not None else f"{task.index:08d}"
+        return Sample(key, to_png_bytes(img), text, meta)
 
     def manifest_extra(self) -> dict:
         return {"source": str(self.cfg.images if self.cfg.images is not None else self.cfg.manifest)}

@@ -23,7 +23,8 @@ import sys
 import time
 import warnings
 from collections import Counter
-from collections.abc import Iterable, Iterator, Sized
+from collections.abc import Callable, Iterable, Iterator, Sized
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
@@ -323,16 +324,23 @@ class ShardBuilder:
         workers = resolve_workers(self.cfg.workers)
         return min(workers, max(1, len(tasks))) if isinstance(tasks, Sized) else workers
 
-    def results(self, tasks: Iterable, workers: int) -> Iterator[Sample | Skipped]:
-        """`make_sample` of every task, in task order, on `workers` processes (one: this one)."""
-        if workers <= 1:
+    @contextmanager
+    def workers(self, count: int) -> Iterator[Callable[[Iterable], Iterator[Sample | Skipped]]]:
+        """Within the block, `run(tasks)` gives `make_sample` of every task, in task order, on
+        `count` worker processes that live as long as the block (one: this process)."""
+        if count <= 1:
             self.setup()
-            yield from map(self.make_sample, tasks)
+            yield lambda tasks: map(self.make_sample, tasks)
             return
         # fork is fastest and keeps module state; spawn where fork does not exist.
         ctx = mp.get_context("fork" if "fork" in mp.get_all_start_methods() else "spawn")
-        with ctx.Pool(workers, initializer=start_worker, initargs=(self,)) as pool:
-            yield from pool.imap(run_in_worker, tasks, chunksize=self.chunksize)
+        with ctx.Pool(count, initializer=start_worker, initargs=(self,)) as pool:
+            yield lambda tasks: pool.imap(run_in_worker, tasks, chunksize=self.chunksize)
+
+    def results(self, tasks: Iterable, workers: int) -> Iterator[Sample | Skipped]:
+        """`make_sample` of every task, in task order, on `workers` processes (one: this one)."""
+        with self.workers(workers) as run:
+            yield from run(tasks)
 
     def build(self, overwrite: bool = False, preview: str | Path | None = None) -> BuildReport:
         """Write every task's sample as shards to `cfg.out`; then `finish(preview)`."""
