@@ -149,7 +149,7 @@ def test_parts_are_disjoint_and_their_union_is_the_single_run(inputs, single, tm
     assert cli.main(["merge-shards", str(merged), str(tmp_path / "p1"), str(tmp_path / "p0")]) == 0
     manifest = read_manifest(merged)
     assert manifest["count"] == len(WORDS) and manifest["parts"] == ["0/2", "1/2"]
-    assert sorted(p.name for p in merged.iterdir()) == ["manifest.json"] + [
+    assert sorted(p.name for p in merged.iterdir()) == ["manifest.json", "report.json", "report.png"] + [
         f"shard-{i:06d}.tar" for i in range(4)
     ]
     assert manifest["skipped"] == read_manifest(single)["skipped"]

@@ -142,8 +142,8 @@ def test_a_builder_subclass_gets_the_pool_the_manifest_and_the_skip_counts(tmp_p
         manifest = read_manifest(out)
         assert manifest["kind"] == "counter" and manifest["resolution"] == 32 and manifest["asked"] == 8
         assert manifest["count"] == 7 and [s["count"] for s in manifest["shards"]] == [4, 3]
-        common = {"format", "count", "shards", "members", "charset", "kind", "resolution"}
-        assert set(manifest) == common | {"asked"}
+        common = {"format", "count", "shards", "members", "charset", "kind", "resolution", "skipped"}
+        assert set(manifest) == common | {"asked"} and manifest["skipped"] == {"unlucky": 1}
     assert list(built[1]) == ["shard-000000.tar", "shard-000001.tar"] and built[1] == built[2]
 
 

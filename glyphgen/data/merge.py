@@ -1,6 +1,9 @@
 """`glyphgen merge-shards OUT PART_DIR...`: the finished parts of a WebDataset transcription
 (`make-shards real --webdataset ... --part I/N`, see real_wds.py) as one shard folder the training
-loader reads: the parts' shards hard-linked (else copied) into OUT, with one manifest."""
+loader reads: the parts' shards hard-linked (else copied) into OUT, with one manifest, and a report
+(glyphgen/data/real_report.py) combined from the parts' reports. Duplicate images across parts are not
+dropped: that would mean reading every sample's json and rewriting the shards holding one, where a
+merge now only links files; `drop_duplicates` works within each part."""
 
 from __future__ import annotations
 
@@ -13,6 +16,7 @@ from collections import Counter
 from pathlib import Path
 
 from glyphgen.data.real import parse_part, transcript_summary
+from glyphgen.data.real_report import clear_old_report, combine, read_report, write_report
 from glyphgen.data.real_wds import OUTPUT_MEMBERS
 from glyphgen.data.shards import FORMAT, MANIFEST, check_output_folder, read_manifest, remove_stale_partials
 
@@ -60,6 +64,7 @@ def merge_parts(out: str | Path, parts: list[str | Path], overwrite: bool = Fals
     missing = sorted(set(range(first_count)) - {parse_part(label)[0] for label in seen})
     if missing:
         warnings.warn(f"merging {len(seen)} of {first_count} parts; missing: {missing}", stacklevel=2)
+    clear_old_report(out, overwrite)
     check_output_folder(out, overwrite)
     for stale in remove_stale_partials(out):
         warnings.warn(f"removed {stale.name}, left by a merge that was killed", stacklevel=2)
@@ -106,6 +111,11 @@ def merge_parts(out: str | Path, parts: list[str | Path], overwrite: bool = Fals
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    reports = [
+        read_report(folder) or {"kept": manifest["count"], "skipped": manifest.get("skipped", {})}
+        for folder, manifest, _ in manifests
+    ]
+    write_report(out, combine(reports, parts=merged["parts"], source=merged["source"]))
     print(transcript_summary(out), file=sys.stderr)
     return merged
 

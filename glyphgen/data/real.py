@@ -10,6 +10,8 @@ text it holds, and text that the crop cuts away is taken out of the transcript. 
 be wrong with one input (unreadable, huge or extremely thin images, bad manifest lines, paths
 escaping the named folder, unreadable transcripts, empty transcripts, OCR failures and time-outs) is
 counted and skipped, never fatal; a manifest that is not UTF-8 text is one error naming its line.
+The filters a practitioner sets (`RealFilters`, glyphgen/data/real_filters.py) drop samples as
+counted skips too, and every build writes a report (glyphgen/data/real_report.py).
 """
 
 from __future__ import annotations
@@ -30,7 +32,9 @@ from PIL import Image
 
 from glyphgen.config import require, require_path
 from glyphgen.data.images import DEFAULT_MAX_PIXELS, BadImage, fit_square, load_image, to_png_bytes
+from glyphgen.data.real_filters import Dedup, RealFilters, image_hash, record_boxes, screen
 from glyphgen.data.shards import (
+    SHARD_PATTERN,
     BuildReport,
     Sample,
     ShardBuildConfig,
@@ -47,7 +51,10 @@ PREVIEW_COUNT = 32
 
 
 @dataclass
-class RealConfig(ShardBuildConfig):
+class RealConfig(RealFilters, ShardBuildConfig):
+    """A real-image build: its input, limits, OCR and, inherited from `RealFilters`
+    (glyphgen/data/real_filters.py), the per-sample filters."""
+
     images: str | None = None
     """A folder of images (searched recursively), each with an optional `name.txt` transcript."""
     manifest: str | None = None
@@ -257,6 +264,8 @@ class RealBuilder(ShardBuilder):
 
     kind = "real"
     chunksize = 4  # OCR makes samples slow and uneven: small chunks keep the workers balanced
+    stats = None
+    """The report's counts (glyphgen/data/real_report.py) while a folder or manifest build runs."""
 
     def tasks(self) -> list[RealTask]:
         cfg = self.cfg
@@ -280,7 +289,9 @@ class RealBuilder(ShardBuilder):
             why = f"{task.source}: {img.width}x{img.height} is over max_aspect={cfg.max_aspect:g}:1"
             return Skipped("extreme aspect ratio", why)
         meta = {"source": task.source, "width": img.width, "height": img.height, **dict(task.extra)}
-        limit = cfg.ocr_time_limit
+        if cfg.drop_duplicates:
+            meta["image_hash"] = image_hash(img)
+        limit, scores = cfg.ocr_time_limit, None
         try:
             if task.sidecar is not None or task.text is not None:
                 try:
@@ -288,19 +299,46 @@ class RealBuilder(ShardBuilder):
                 except (OSError, ValueError) as e:  # UnicodeDecodeError is a ValueError
                     return Skipped("unreadable transcript", f"{task.source}: {e}")
                 meta["transcript"] = "sidecar" if task.sidecar is not None else "manifest"
-                keep = union(self.ocr.detect(img, limit)) if cfg.locate_text and text.strip() else None
-                img, meta["padded"] = fit_square(img, cfg.resolution, keep)
+                boxes = self.ocr.detect(img, limit) if cfg.locate_text and text.strip() else None
+                keep = union(boxes) if boxes is not None else None
+                fitted, meta["padded"] = fit_square(img, cfg.resolution, keep)
             else:
-                img, text, ocr_meta = ocr_and_fit(img, self.ocr, cfg.resolution, limit)
-                meta.update(transcript="ocr", **ocr_meta)
+                result = self.ocr.read(img, limit)
+                text, keep = result.text, result.bounds
+                boxes, scores = [d.box for d in result.lines], [d.confidence for d in result.lines]
+                fitted, padded = fit_square(img, cfg.resolution, keep)
+                ocr_dropped = result.dropped_low_confidence + result.dropped_corner
+                meta.update(transcript="ocr", ocr_confidence=round(result.confidence, 4))
+                meta.update(ocr_dropped=ocr_dropped, padded=padded)
         except OcrTimeout as e:
             return Skipped("OCR time limit", f"{task.source}: {e}")
         except OcrError as e:
             return Skipped("OCR failed", f"{task.source}: {e}")
-        if cfg.skip_empty and not text.strip():
-            return Skipped("empty transcript", task.source)
+        if boxes is not None:
+            record_boxes(meta, boxes, scores, img.size, keep, cfg.resolution)
+        text, dropped = screen(cfg, text, meta, fitted)
+        if dropped is not None:
+            return dropped
         key = task.key if task.key is not None else f"{task.index:08d}"
-        return Sample(key, to_png_bytes(img), text, meta)
+        return Sample(key, to_png_bytes(fitted), text, meta)
+
+    def build(self, overwrite: bool = False, preview: str | Path | None = None) -> BuildReport:
+        from glyphgen.data.real_report import ReportStats, clear_old_report
+
+        clear_old_report(Path(os.path.abspath(self.cfg.out)), overwrite)
+        self.stats = ReportStats()
+        return super().build(overwrite, preview)
+
+    def results(self, tasks, workers: int) -> Iterator[Sample | Skipped]:
+        """ShardBuilder's results, with duplicates dropped, and counted for the report as they come."""
+        from glyphgen.data.real_report import Progress
+
+        dedup, progress, size = Dedup(), Progress(len(tasks)), self.cfg.shard_size
+        for result in super().results(tasks, workers):
+            result = dedup.check(result)
+            self.stats.add(result, SHARD_PATTERN % (self.stats.kept // size))
+            progress.tick(result)
+            yield result
 
     def manifest_extra(self) -> dict:
         return {"source": str(self.cfg.images if self.cfg.images is not None else self.cfg.manifest)}
@@ -309,6 +347,10 @@ class RealBuilder(ShardBuilder):
         print(transcript_summary(self.cfg.out), file=sys.stderr)
         if preview is not None:
             save_preview(self.cfg.out, preview)
+        if self.stats is not None:
+            from glyphgen.data.real_report import write_report
+
+            write_report(self.cfg.out, self.stats.to_json())
 
 
 def with_ocr_threads(ocr: OcrConfig, workers: int) -> OcrConfig:

@@ -48,6 +48,8 @@ from glyphgen.data.real import (
     build_real_shards,
     parse_part,
 )
+from glyphgen.data.real_filters import Dedup, RealFilters
+from glyphgen.data.real_report import REPORT_FILES, Progress, ReportStats, combine, write_report
 from glyphgen.data.shards import (
     FORMAT,
     MANIFEST,
@@ -69,6 +71,7 @@ PART_FILE = "part.json"
 SHARD_FILE = re.compile(r"shard-(\d{6,})\.(tar|json)")
 TMP_FILE = re.compile(r"shard-\d{6,}\.(tar|json)\.tmp")
 OUTPUT_MEMBERS = ["png", "txt", "json"]
+REPORT_TMP = tuple(f"{name}.tmp" for name in REPORT_FILES)
 
 
 def is_remote(url: str) -> bool:
@@ -195,6 +198,9 @@ def _settings(cfg: RealConfig) -> dict:
     values = dataclasses.asdict(cfg)
     for name in ("out", "workers", "images", "manifest"):
         values.pop(name, None)
+    for f in dataclasses.fields(RealFilters):  # filters left off: parts started before they existed resume
+        if values[f.name] == f.default:
+            values.pop(f.name)
     values["ocr"].pop("threads", None)
     return json.loads(json.dumps(values, default=str))
 
@@ -239,6 +245,9 @@ class WebDatasetRealBuilder(RealBuilder):
             failed = []
             if pending:
                 self.prepare(workers)
+                done = [pos for pos, _ in mine if _complete(out, pos)]
+                dedup = Dedup(_kept_hashes(out, done) if cfg.drop_duplicates else None)
+                progress = Progress(label=f"part {part}: ")
                 with self.workers(workers) as run:
                     for pos, url in pending:
                         try:
@@ -247,8 +256,10 @@ class WebDatasetRealBuilder(RealBuilder):
                             failed.append(url)
                             warnings.warn(f"cannot read input shard {url}: {e}", stacklevel=2)
                             continue
-                        kept, skips = [], Counter()
-                        for result in run(tasks):
+                        kept, skips, stats = [], Counter(), ReportStats(seed=pos)
+                        for result in map(dedup.check, run(tasks)):
+                            stats.add(result, f"shard-{pos:06d}.tar")
+                            progress.tick(result)
                             if isinstance(result, Skipped):
                                 skips[result.reason] += 1
                                 if sum(skipped.values()) + sum(skips.values()) <= self.max_warnings:
@@ -256,7 +267,7 @@ class WebDatasetRealBuilder(RealBuilder):
                             else:
                                 kept.append(result)
                         skipped.update(skips)
-                        _finish_shard(out, pos, url, kept, skips)
+                        _finish_shard(out, pos, url, kept, skips, stats)
             if failed:
                 more = f" and {len(failed) - 1} more" if len(failed) > 1 else ""
                 raise RuntimeError(
@@ -283,13 +294,28 @@ def _complete(out: Path, pos: int) -> bool:
     return (out / f"shard-{pos:06d}.tar").is_file() and (out / f"shard-{pos:06d}.json").is_file()
 
 
-def _finish_shard(out: Path, pos: int, url: str, kept: list[Sample], skipped: Counter) -> None:
+def _kept_hashes(out: Path, positions: list[int]) -> set[str]:
+    """The `image_hash`es of the samples in the finished output shards at `positions` (a resumed part
+    drops the duplicates of what it kept before it was stopped)."""
+    seen = set()
+    for pos in positions:
+        with tarfile.open(out / f"shard-{pos:06d}.tar") as tar:
+            for m in tar:
+                if m.name.endswith(".json") and (digest := json.load(tar.extractfile(m)).get("image_hash")):
+                    seen.add(digest)
+    return seen
+
+
+def _finish_shard(
+    out: Path, pos: int, url: str, kept: list[Sample], skipped: Counter, stats: ReportStats
+) -> None:
     charset = "".join(sorted({c for s in kept for c in s.text}))
     info = {
         "input": url.rsplit("/", 1)[-1],
         "count": len(kept),
         "skipped": dict(sorted(skipped.items())),
         "charset": charset,
+        "report": stats.to_json(),
     }
     # The counts first: the tar appearing is what marks the shard complete.
     _atomic_write(
@@ -299,9 +325,10 @@ def _finish_shard(out: Path, pos: int, url: str, kept: list[Sample], skipped: Co
 
 
 def _write_part_manifest(out: Path, header: dict, mine: list[tuple[int, str]]) -> dict:
-    shards, skipped, charset, count = [], Counter(), set(), 0
+    shards, skipped, charset, count, reports = [], Counter(), set(), 0, []
     for pos, _ in mine:
         info = json.loads((out / f"shard-{pos:06d}.json").read_text())
+        reports.append(info.get("report") or {"kept": info["count"], "skipped": info["skipped"]})
         skipped.update(info["skipped"])
         charset.update(info["charset"])
         count += info["count"]
@@ -320,6 +347,8 @@ def _write_part_manifest(out: Path, header: dict, mine: list[tuple[int, str]]) -
         "part": header["part"],
         "input_shards": header["input_shards"],
     }
+    # The report before the manifest: a finished part always has one.
+    write_report(out, combine(reports, part=header["part"], source=header["input"]))
     _atomic_write(
         out / MANIFEST, lambda p: p.write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
     )
@@ -350,8 +379,8 @@ def _part_folder(out: Path, header: dict, overwrite: bool):
                 if p.name != ".lock":
                     p.unlink()
         for p in out.iterdir():
-            if TMP_FILE.fullmatch(p.name):
-                p.unlink()  # left by a killed run: never complete
+            if TMP_FILE.fullmatch(p.name) or p.name in REPORT_TMP:
+                p.unlink()  # left by a killed run: never complete (a report is written again)
         path = out / PART_FILE
         if path.exists():
             try:
@@ -374,7 +403,7 @@ def _part_folder(out: Path, header: dict, overwrite: bool):
 
 def _ours(name: str) -> bool:
     return name in (MANIFEST, PART_FILE, ".lock") or bool(
-        SHARD_FILE.fullmatch(name) or TMP_FILE.fullmatch(name)
+        SHARD_FILE.fullmatch(name) or TMP_FILE.fullmatch(name) or name in REPORT_FILES + REPORT_TMP
     )
 
 

@@ -287,7 +287,7 @@ class ShardBuilder:
     state (a renderer, an OCR engine) becomes attributes of the builder there. Workers get a copy of
     the builder (forked, or pickled where fork does not exist), so it must stay picklable until
     `setup` has run. A `Skipped` result is counted and warned about, never fatal. The manifest holds
-    `kind`, `resolution` and `manifest_extra()`."""
+    `kind`, `resolution`, the skips by reason and `manifest_extra()`."""
 
     kind: ClassVar[str] = ""
     """The manifest's `kind`: what the samples are ("synthetic", "real")."""
@@ -361,6 +361,7 @@ class ShardBuilder:
                         warnings.warn(f"skipped ({result.reason}): {result.detail}", stacklevel=2)
                     continue
                 sink.write(result)
+            sink.manifest_extra["skipped"] = dict(sorted(skipped.items()))  # written as the block ends
         seconds = time.perf_counter() - start
         n_shards = len(list(Path(cfg.out).glob("*.tar")))
         report = BuildReport(Path(cfg.out), sink.count, skipped, seconds, workers, n_shards)
