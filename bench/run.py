@@ -1,8 +1,9 @@
 """`make bench`: glyphgen's speed and memory figures, printed as tables and saved as JSON.
 
 Sections (--only, comma-separated; default all three):
-  data      synthetic render images/s per worker at 64/128/256 px, and the streaming loader's
-            images/s per worker with PNG decode + tokenization.
+  data      synthetic render images/s per worker at 64/128/256 px, the streaming loader's
+            images/s per worker with PNG decode + tokenization, and real-image transcription (OCR)
+            images/s per core at 128/256 px with the core-hours a million images need.
   model     forward+backward images/s per model size and text-attention mode (weave, glide, none)
             at equal batch; achieved FLOP/s and MFU; memory (CUDA: peak allocated bytes; CPU: the
             activation bytes autograd saves for backward, per image); and weave vs GLIDE activation
@@ -100,9 +101,48 @@ def loader_rate(count: int, repeats: int = 3) -> dict:
         }
 
 
+def transcribe_rate(resolution: int, count: int, repeats: int = 3) -> dict:
+    """Real images transcribed per second by one worker on one core (an OCR engine with one thread):
+    demo photographs with text composed at `resolution` px, JPEG-encoded as a WebDataset would hold
+    them, through the real-image builder's per-image step (decode, OCR, fit, PNG). Also the
+    core-hours a million such images need."""
+    import io
+
+    from glyphgen.config import load_config
+    from glyphgen.data.demo import Composer, DemoRealConfig
+    from glyphgen.data.fonts import discover_fonts
+    from glyphgen.data.real import RealBuilder, RealConfig, RealTask
+    from glyphgen.text.alphabet import DEFAULT_ALPHABET
+
+    demo = load_config(DemoRealConfig, values={"resolution": 64, "compose_size": max(64, resolution)})
+    composer = Composer(demo, discover_fonts(demo.fonts, DEFAULT_ALPHABET))
+    tasks = []
+    for i in range(count):
+        made = composer.compose(i)
+        if made is not None:
+            buffer = io.BytesIO()
+            made[0].convert("RGB").resize((resolution, resolution)).save(buffer, "JPEG", quality=90)
+            tasks.append(RealTask(i, source=f"bench {i}", data=buffer.getvalue()))
+    with tempfile.TemporaryDirectory() as tmp:
+        values = {"images": tmp, "out": f"{tmp}/out", "resolution": 64, "ocr": {"threads": 1}}
+        builder = RealBuilder(load_config(RealConfig, values=values))
+        builder.setup()
+        builder.make_sample(tasks[0])  # the engine loads on first use: not timed
+        t = timed(lambda: [builder.make_sample(task) for task in tasks], repeats)
+    rate = per_second(len(tasks), t)
+    core_hours = 1e6 / rate["images_per_s"] / 3600
+    return {"bench": "real-image transcription (1 core)", "resolution": resolution, **rate,
+            "core_hours_per_million": core_hours}  # fmt: skip
+
+
 def bench_data(args) -> list[dict]:
     count = 300 if args.quick else 2000
-    return [*(render_rate(res, count) for res in (64, 128, 256)), loader_rate(count)]
+    ocr_count = 10 if args.quick else 40
+    return [
+        *(render_rate(res, count) for res in (64, 128, 256)),
+        loader_rate(count),
+        *(transcribe_rate(res, ocr_count) for res in (128, 256)),
+    ]
 
 
 # -- model --------------------------------------------------------------------------------------------

@@ -80,6 +80,13 @@ def test_render_rate_is_positive():
     assert row["resolution"] == 32 and row["images_per_s"] > 0
 
 
+def test_transcription_rate_reads_real_images_and_prices_a_million():
+    row = run.transcribe_rate(128, 3, repeats=1)
+    assert row["bench"] == "real-image transcription (1 core)" and row["resolution"] == 128
+    assert row["images_per_s"] > 0
+    assert math.isclose(row["core_hours_per_million"], 1e6 / row["images_per_s"] / 3600)
+
+
 def test_table_aligns_columns():
     rows = [
         {"model": "tiny", "images_per_s": 18.6, "spread": [17.0, 19.5], "mfu": 0.4},
