@@ -132,6 +132,7 @@ def test_a_three_stage_cascade_samples_from_python_and_the_cli(bundles, tmp_path
     seen = []
     images = cascade.sample(["hi", "ok"], 1, options, progress=lambda name: seen.append(name))
     assert images.shape == (2, 3, 128, 128) and seen == ["base", "superres 1", "superres 2"]
+    assert cascade.resolution == 128 and Cascade(base).resolution == 32
     middle = Cascade(base, [sr]).sample(["hi", "ok"], 1, options)
     assert (sr2.sample(["hi", "ok"], 1, options, low_res=middle) == images).all()  # each stage feeds the next
     with pytest.raises(ValueError, match="makes 32 px images"):
