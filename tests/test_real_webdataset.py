@@ -17,6 +17,7 @@ from pathlib import Path
 
 import font_roboto
 import pytest
+from bundle_fixtures import _stage
 from conftest import one_line_error
 from PIL import Image, ImageDraw
 
@@ -27,6 +28,7 @@ from glyphgen.data.merge import merge_parts
 from glyphgen.data.real import RealConfig, read_samples
 from glyphgen.data.real_wds import build_real
 from glyphgen.data.shards import read_manifest
+from glyphgen.training.train import train_stage
 
 pytestmark = pytest.mark.filterwarnings("ignore:skipped")
 BOLD = str(Path(font_roboto.__file__).parent / "files" / "Roboto-Bold.ttf")
@@ -163,6 +165,9 @@ def test_parts_are_disjoint_and_their_union_is_the_single_run(inputs, single, tm
     texts = [t for batch in make_loader(cfg) for t in batch["text"]]
     assert sorted(texts) == sorted(WORDS)
     assert sorted(text for _, text, _ in read_samples(merged)) == sorted(WORDS)
+    # ...and a stage trains on it (a few real steps of the tiny model, Lightning and all).
+    final = train_stage(_stage("finetune-real", "tiny", merged, steps=2), tmp_path / "run")
+    assert json.loads((tmp_path / "run" / "complete.json").read_text())["step"] == 2 and final.is_file()
 
 
 def _cli(*args: str) -> list[str]:
