@@ -339,10 +339,11 @@ class DemoBuilder(ShardBuilder):
         if made is None:
             return Skipped("text did not fit", f"sample {index}")
         img, drawn, style = made
-        fitted, text, meta = ocr_and_fit(img, self.ocr, self.cfg.resolution)
+        fitted, result, meta = ocr_and_fit(img, self.ocr, self.cfg.resolution)
+        text = result.text
         if self.cfg.skip_empty and not text.strip():
             return Skipped("empty transcript", f"sample {index} ({style})")
-        meta.update(source="demo", style=style, transcript="ocr", drawn_text="\n".join(drawn))
+        meta.update(source="demo", style=style, drawn_text="\n".join(drawn))
         return Sample(f"{index:08d}", to_png_bytes(fitted), text, meta)
 
     def manifest_extra(self) -> dict:

@@ -246,9 +246,9 @@ def token_boxes(char_boxes: list | None, length: int) -> torch.Tensor:
     """Per-token boxes [length, 4] from a sample's `char_boxes`: token 0 is BOS, token i + 1 is
     character i; a token without a box (specials, spaces, padding, cut characters) gets zeros."""
     out = torch.zeros(length, 4)
-    for i, box in enumerate((char_boxes or [])[: max(length - 2, 0)]):
-        if box is not None:
-            out[i + 1] = torch.tensor(box)
+    boxes = (char_boxes or [])[: max(length - 2, 0)]
+    if boxes:  # one tensor per sample, not one per character: this runs in collate
+        out[1 : len(boxes) + 1] = torch.tensor([box or [0.0] * 4 for box in boxes])
     return out
 
 

@@ -17,8 +17,14 @@ from pathlib import Path
 
 from glyphgen.data.real import parse_part, transcript_summary
 from glyphgen.data.real_report import clear_old_report, combine, read_report, write_report
-from glyphgen.data.real_wds import OUTPUT_MEMBERS
-from glyphgen.data.shards import FORMAT, MANIFEST, check_output_folder, read_manifest, remove_stale_partials
+from glyphgen.data.shards import (
+    FORMAT,
+    MANIFEST,
+    MEMBERS,
+    check_output_folder,
+    read_manifest,
+    remove_stale_partials,
+)
 
 
 def merge_parts(out: str | Path, parts: list[str | Path], overwrite: bool = False) -> dict:
@@ -94,7 +100,7 @@ def merge_parts(out: str | Path, parts: list[str | Path], overwrite: bool = Fals
             "resolution": first["resolution"],
             "count": sum(e["count"] for e in entries),
             "shards": entries,
-            "members": OUTPUT_MEMBERS,
+            "members": MEMBERS,
             "charset": "".join(sorted(charset)),
             "skipped": dict(sorted(skipped.items())),
             "source": first.get("source"),

@@ -43,7 +43,7 @@ from glyphgen.data.shards import (
     resolve_workers,
 )
 from glyphgen.ocr import Ocr, OcrConfig, OcrError, OcrTimeout
-from glyphgen.ocr.layout import union
+from glyphgen.ocr.layout import OcrResult, union
 
 IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".gif", ".tif", ".tiff")
 MAX_TRANSCRIPT_BYTES = 1 << 20  # a sidecar bigger than this is not a transcript
@@ -242,18 +242,19 @@ def read_sidecar(path: str) -> str:
 
 def ocr_and_fit(
     img: Image.Image, ocr: Ocr, resolution: int, limit: float = 0
-) -> tuple[Image.Image, str, dict]:
+) -> tuple[Image.Image, OcrResult, dict]:
     """OCR the full-size image (in at most `limit` seconds, 0: no limit), then fit it to `resolution`
     keeping all the text it read (so the transcript matches what the model sees). Returns the image,
-    the transcript and metadata."""
+    the reading (its `text` is the transcript) and metadata."""
     result = ocr.read(img, limit)
     fitted, padded = fit_square(img, resolution, keep=result.bounds)
     meta = {
+        "transcript": "ocr",
         "ocr_confidence": round(result.confidence, 4),
         "ocr_dropped": result.dropped_low_confidence + result.dropped_corner,
         "padded": padded,
     }
-    return fitted, result.text, meta
+    return fitted, result, meta
 
 
 # -- the build ---------------------------------------------------------------------------------------
@@ -303,13 +304,10 @@ class RealBuilder(ShardBuilder):
                 keep = union(boxes) if boxes is not None else None
                 fitted, meta["padded"] = fit_square(img, cfg.resolution, keep)
             else:
-                result = self.ocr.read(img, limit)
+                fitted, result, ocr_meta = ocr_and_fit(img, self.ocr, cfg.resolution, limit)
+                meta.update(ocr_meta)
                 text, keep = result.text, result.bounds
                 boxes, scores = [d.box for d in result.lines], [d.confidence for d in result.lines]
-                fitted, padded = fit_square(img, cfg.resolution, keep)
-                ocr_dropped = result.dropped_low_confidence + result.dropped_corner
-                meta.update(transcript="ocr", ocr_confidence=round(result.confidence, 4))
-                meta.update(ocr_dropped=ocr_dropped, padded=padded)
         except OcrTimeout as e:
             return Skipped("OCR time limit", f"{task.source}: {e}")
         except OcrError as e:

@@ -202,8 +202,9 @@ def clear_old_report(out: Path, overwrite: bool) -> None:
     folder is. Anything else is left for the shard writer to judge."""
     if not out.is_dir() or out.is_symlink():
         return
-    ours = [n for n in foreign_entries(out) if n in REPORT_FILES or n.removesuffix(".tmp") in REPORT_FILES]
-    if not ours or len(ours) < len(foreign_entries(out)):
+    foreign = foreign_entries(out)
+    ours = [n for n in foreign if n in REPORT_FILES or n.removesuffix(".tmp") in REPORT_FILES]
+    if not ours or len(ours) < len(foreign):
         return
     if not overwrite:
         raise ShardsExistError(f"{out}: already holds shards; pass --overwrite to replace them")

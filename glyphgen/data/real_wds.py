@@ -53,11 +53,13 @@ from glyphgen.data.real_report import REPORT_FILES, Progress, ReportStats, combi
 from glyphgen.data.shards import (
     FORMAT,
     MANIFEST,
+    MEMBERS,
     BuildReport,
     Sample,
     Skipped,
     read_manifest,
     resolve_workers,
+    tar_record,
 )
 
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
@@ -70,7 +72,6 @@ PART_FILE = "part.json"
 """Written when a part starts: its input, part and settings, so a resume with others is refused."""
 SHARD_FILE = re.compile(r"shard-(\d{6,})\.(tar|json)")
 TMP_FILE = re.compile(r"shard-\d{6,}\.(tar|json)\.tmp")
-OUTPUT_MEMBERS = ["png", "txt", "json"]
 REPORT_TMP = tuple(f"{name}.tmp" for name in REPORT_FILES)
 
 
@@ -179,9 +180,8 @@ def write_tar(path: Path, samples: list[Sample]) -> None:
     """A shard of `samples` whose bytes depend on the samples alone (fixed times and owners)."""
     with open(path, "wb") as f:
         writer = wds.TarWriter(f, mtime=0)
-        for s in samples:
-            meta = json.dumps(s.meta, sort_keys=True).encode()
-            writer.write({"__key__": s.key, "png": s.png, "txt": s.text.encode("utf-8"), "json": meta})
+        for sample in samples:
+            writer.write(tar_record(sample))
         writer.close()
 
 
@@ -245,8 +245,9 @@ class WebDatasetRealBuilder(RealBuilder):
             failed = []
             if pending:
                 self.prepare(workers)
-                done = [pos for pos, _ in mine if _complete(out, pos)]
-                dedup = Dedup(_kept_hashes(out, done) if cfg.drop_duplicates else None)
+                todo = {pos for pos, _ in pending}
+                finished = [pos for pos, _ in mine if pos not in todo]
+                dedup = Dedup(_kept_hashes(out, finished) if cfg.drop_duplicates else None)
                 progress = Progress(label=f"part {part}: ")
                 with self.workers(workers) as run:
                     for pos, url in pending:
@@ -256,18 +257,15 @@ class WebDatasetRealBuilder(RealBuilder):
                             failed.append(url)
                             warnings.warn(f"cannot read input shard {url}: {e}", stacklevel=2)
                             continue
-                        kept, skips, stats = [], Counter(), ReportStats(seed=pos)
+                        kept, stats = [], ReportStats(seed=pos)
                         for result in map(dedup.check, run(tasks)):
                             stats.add(result, f"shard-{pos:06d}.tar")
                             progress.tick(result)
                             if isinstance(result, Skipped):
-                                skips[result.reason] += 1
-                                if sum(skipped.values()) + sum(skips.values()) <= self.max_warnings:
-                                    warnings.warn(f"skipped ({result.reason}): {result.detail}", stacklevel=2)
+                                self.count_skip(result, skipped)  # the part's total, for warnings
                             else:
                                 kept.append(result)
-                        skipped.update(skips)
-                        _finish_shard(out, pos, url, kept, skips, stats)
+                        _finish_shard(out, pos, url, kept, stats)
             if failed:
                 more = f" and {len(failed) - 1} more" if len(failed) > 1 else ""
                 raise RuntimeError(
@@ -306,14 +304,12 @@ def _kept_hashes(out: Path, positions: list[int]) -> set[str]:
     return seen
 
 
-def _finish_shard(
-    out: Path, pos: int, url: str, kept: list[Sample], skipped: Counter, stats: ReportStats
-) -> None:
+def _finish_shard(out: Path, pos: int, url: str, kept: list[Sample], stats: ReportStats) -> None:
     charset = "".join(sorted({c for s in kept for c in s.text}))
     info = {
         "input": url.rsplit("/", 1)[-1],
         "count": len(kept),
-        "skipped": dict(sorted(skipped.items())),
+        "skipped": dict(sorted(stats.skipped.items())),
         "charset": charset,
         "report": stats.to_json(),
     }
@@ -340,7 +336,7 @@ def _write_part_manifest(out: Path, header: dict, mine: list[tuple[int, str]]) -
         "resolution": header["settings"]["resolution"],
         "count": count,
         "shards": shards,
-        "members": OUTPUT_MEMBERS,
+        "members": MEMBERS,
         "charset": "".join(sorted(charset)),
         "skipped": dict(sorted(skipped.items())),
         "source": header["input"],

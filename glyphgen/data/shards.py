@@ -169,6 +169,19 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
         raise ShardsExistError(f"{out}: already holds shards; pass --overwrite to replace them")
 
 
+MEMBERS = ["png", "txt", "json"]
+"""The members of every sample glyphgen writes, in the manifest's `members`."""
+
+
+def tar_record(sample: Sample) -> dict:
+    """`sample` as the WebDataset record every glyphgen shard holds (keys sorted in the json, so
+    the bytes depend on the sample alone)."""
+    if "." in sample.key:
+        raise ValueError(f"sample key {sample.key!r} contains a dot (WebDataset splits on dots)")
+    meta = json.dumps(sample.meta, sort_keys=True).encode()
+    return {"__key__": sample.key, "png": sample.png, "txt": sample.text.encode("utf-8"), "json": meta}
+
+
 class ShardOutput:
     """Context manager owning an output folder while shards are written into it.
 
@@ -200,12 +213,7 @@ class ShardOutput:
         return self
 
     def write(self, sample: Sample) -> None:
-        if "." in sample.key:
-            raise ValueError(f"sample key {sample.key!r} contains a dot (WebDataset splits on dots)")
-        meta = json.dumps(sample.meta, sort_keys=True).encode()
-        self._writer.write(
-            {"__key__": sample.key, "png": sample.png, "txt": sample.text.encode("utf-8"), "json": meta}
-        )
+        self._writer.write(tar_record(sample))
         self.count += 1
         self.charset.update(sample.text)
         self._counts[Path(self._writer.fname).name] += 1
@@ -231,7 +239,7 @@ class ShardOutput:
             "format": FORMAT,
             "count": self.count,
             "shards": [{"name": n, "count": c} for n, c in sorted(self._counts.items())],
-            "members": ["png", "txt", "json"],
+            "members": MEMBERS,
             "charset": "".join(sorted(self.charset)),
             **self.manifest_extra,
         }
@@ -342,6 +350,12 @@ class ShardBuilder:
         with self.workers(workers) as run:
             yield from run(tasks)
 
+    def count_skip(self, skip: Skipped, skipped: Counter) -> None:
+        """Count `skip` under its reason in `skipped`; warn about the first `max_warnings` skips."""
+        skipped[skip.reason] += 1
+        if sum(skipped.values()) <= self.max_warnings:
+            warnings.warn(f"skipped ({skip.reason}): {skip.detail}", stacklevel=3)
+
     def build(self, overwrite: bool = False, preview: str | Path | None = None) -> BuildReport:
         """Write every task's sample as shards to `cfg.out`; then `finish(preview)`."""
         cfg = self.cfg
@@ -356,11 +370,9 @@ class ShardBuilder:
         ) as sink:
             for result in self.results(tasks, workers):
                 if isinstance(result, Skipped):
-                    skipped[result.reason] += 1
-                    if sum(skipped.values()) <= self.max_warnings:
-                        warnings.warn(f"skipped ({result.reason}): {result.detail}", stacklevel=2)
-                    continue
-                sink.write(result)
+                    self.count_skip(result, skipped)
+                else:
+                    sink.write(result)
             sink.manifest_extra["skipped"] = dict(sorted(skipped.items()))  # written as the block ends
         seconds = time.perf_counter() - start
         n_shards = len(list(Path(cfg.out).glob("*.tar")))

@@ -329,10 +329,6 @@ class SyntheticBuilder(ShardBuilder):
 
     kind = "synthetic"
 
-    def __init__(self, cfg: SyntheticConfig, fonts: list[FontInfo] | None = None):
-        super().__init__(cfg)
-        self.fonts = fonts
-
     def tasks(self) -> range:
         return range(self.cfg.count)
 
@@ -340,7 +336,7 @@ class SyntheticBuilder(ShardBuilder):
         return shards.resolve_workers(self.cfg.workers)  # as many as asked, even for fewer samples
 
     def prepare(self, workers: int) -> None:
-        self.fonts = self.fonts or discover_fonts(self.cfg.fonts, self.cfg.alphabet)  # once, for all
+        self.fonts = discover_fonts(self.cfg.fonts, self.cfg.alphabet)  # once, for all
 
     def setup(self) -> None:
         self.renderer = SyntheticRenderer(self.cfg, self.fonts)
