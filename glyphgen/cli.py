@@ -8,12 +8,14 @@ OmegaConf dotlist overrides (`render.line_spacing=[1.0,1.4]`). A user mistake pr
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import os
 import sys
 from pathlib import Path
 
 from glyphgen.checkpoint_io import NETWORK_CHOICES, NETWORKS
 from glyphgen.config import ConfigError, load_config
+from glyphgen.diffusion.options import SamplingOptions
 from glyphgen.diffusion.schedule import Sampler
 
 
@@ -185,16 +187,7 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-SAMPLING_OPTIONS = [
-    "steps",
-    "sampler",
-    "guidance",
-    "guidance_rescale",
-    "threshold",
-    "eta",
-    "seed",
-    "batch_size",
-]
+SAMPLING_OPTIONS = [f.name for f in dataclasses.fields(SamplingOptions)]
 """The `SamplingOptions` fields every sampling verb takes as options."""
 
 
@@ -218,8 +211,6 @@ def _sampling_args(p: argparse.ArgumentParser, n: int) -> None:
 
 
 def _options(args: argparse.Namespace):
-    from glyphgen.diffusion.options import SamplingOptions
-
     return load_config(SamplingOptions, values=_values(args, SAMPLING_OPTIONS))
 
 

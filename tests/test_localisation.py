@@ -101,3 +101,12 @@ def test_the_loader_aligns_character_boxes_with_tokens(tmp_path):
         )
     )
     assert "boxes" not in plain
+
+
+def test_localisation_needs_weave_attention_and_says_so_at_load():
+    from glyphgen.config import ConfigError, load_config
+    from glyphgen.training.config import StageConfig
+
+    with pytest.raises(ConfigError, match=r"^localisation: needs model.text_attention weave .*got 'glide'"):
+        load_config(StageConfig, overrides=["localisation=0.1", "model.text_attention=glide"])
+    assert load_config(StageConfig, overrides=["model.text_attention=glide"]).localisation == 0

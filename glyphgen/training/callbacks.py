@@ -20,6 +20,7 @@ from glyphgen.checkpoint_io import networks
 from glyphgen.data.loader import NoDataError
 from glyphgen.data.preview import save_grid
 from glyphgen.eval.metrics import ocr_metrics
+from glyphgen.training.core import QUARTILES
 
 
 class SampleGrid(L.Callback):
@@ -180,10 +181,6 @@ def smooth(values: Sequence[float], weight: float) -> np.ndarray:
         avg, norm = weight * avg + (1 - weight) * v, weight * norm + (1 - weight)
         out.append(avg / norm)
     return np.array(out)
-
-
-QUARTILES = [f"train/loss_q{q}" for q in range(4)]
-"""The loss of each quarter of the timesteps (q0: the least noisy), logged by the core."""
 
 
 def plot_losses(csv_path: Path, out: Path) -> None:

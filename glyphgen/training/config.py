@@ -192,7 +192,14 @@ class StageConfig:
             "model_size",
             f"must be one of {', '.join(MODELS)}, got {self.model_size!r}",
         )
-        side = sized_model_config(self.model_size, self.model).resolution
+        model = sized_model_config(self.model_size, self.model)
+        require(
+            self.localisation == 0 or model.text_attention == "weave",
+            "localisation",
+            "needs model.text_attention weave (the loss reads the weave layers' attention), "
+            f"got {str(model.text_attention)!r}",
+        )
+        side = model.resolution
         require(
             self.data.resolution in (None, side),
             "data.resolution",

@@ -27,9 +27,13 @@ from glyphgen.diffusion.pixels import to_uint8, to_unit
 from glyphgen.models.localisation import localisation_loss, recording_attention
 from glyphgen.models.registry import sized_model_config
 from glyphgen.models.unet import UNet, UNetConfig
+from glyphgen.text.alphabet import NULL
 from glyphgen.text.tokenizer import CharTokenizer, TokenizerConfig
 from glyphgen.training.checkpoints import network_state, read_checkpoint
 from glyphgen.training.config import StageConfig
+
+QUARTILES = [f"train/loss_q{q}" for q in range(4)]
+"""The logged loss of each quarter of the timesteps (q0: the least noisy), drawn in `loss.png`."""
 
 
 class NonFiniteLossError(RuntimeError):
@@ -65,11 +69,6 @@ class DiffusionCore(L.LightningModule):
         self.model_cfg = build_model_config(self.cfg)
         torch.manual_seed(self.cfg.trainer.seed)
         self.model = UNet(self.model_cfg)
-        if self.cfg.localisation > 0 and self.model_cfg.text_attention != "weave":
-            raise ValueError(
-                f"localisation: needs model.text_attention weave (the loss reads the weave layers' "
-                f"attention), got {self.model_cfg.text_attention!r}"
-            )
         self.ema = copy.deepcopy(self.model).requires_grad_(False).eval()
         self.diffusion = create_diffusion(self.cfg.diffusion)
         self.tokenizer = CharTokenizer(TokenizerConfig(max_length=self.model_cfg.text.max_length))
@@ -157,7 +156,7 @@ class DiffusionCore(L.LightningModule):
         """The batch's character boxes, padded to the trained tokens' length, zeroed where the
         transcript was dropped for guidance (the null text has no characters)."""
         boxes, length = batch["boxes"], batch["tokens"].shape[1]
-        kept = (tokens[:, :length] == batch["tokens"]).all(dim=1)
+        kept = tokens[:, 1] != NULL  # a dropped transcript is the null text, BOS NULL EOS
         boxes = torch.nn.functional.pad(boxes, (0, 0, 0, tokens.shape[1] - length))
         return boxes * kept[:, None, None]
 
@@ -199,7 +198,7 @@ class DiffusionCore(L.LightningModule):
         counts = torch.bincount(quartile, minlength=4)
         for q, n in enumerate(counts.tolist()):
             if n:
-                self.log(f"train/loss_q{q}", sums[q] / n, batch_size=n)
+                self.log(QUARTILES[q], sums[q] / n, batch_size=n)
 
     def optimizer_step(self, *args, **kwargs) -> None:
         # The EMA follows every optimizer step here, before any callback (ModelCheckpoint) saves it.
