@@ -44,3 +44,16 @@ def one_line_error(code: int, err: str, *fragments: str) -> None:
     assert len(lines) == 1 and lines[0].startswith("glyphgen: error: "), err
     for fragment in fragments:
         assert fragment in lines[0], lines[0]
+
+
+def trainer_with_callback(callback: str) -> str:
+    """Script text for a training subprocess: every trainer `glyphgen.training.train` builds gets
+    one more callback, an instance of the class named `callback` (defined earlier in the script)."""
+    return f"""
+build = train.build_trainer
+def build_with_callback(cfg, run_dir, module):
+    trainer = build(cfg, run_dir, module)
+    trainer.callbacks.append({callback}())
+    return trainer
+train.build_trainer = build_with_callback
+"""

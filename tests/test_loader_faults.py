@@ -18,7 +18,7 @@ import time
 import warnings
 
 import pytest
-from conftest import write_shards
+from conftest import trainer_with_callback, write_shards
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from glyphgen.data import loader as L
@@ -186,13 +186,7 @@ def stalling_decode(*args):
     return decode(*args)
 loader.decode_sample = stalling_decode
 
-build = train.build_trainer
-def build_with_hook(cfg, run_dir, module):
-    trainer = build(cfg, run_dir, module)
-    trainer.callbacks.append(AtStep())
-    return trainer
-train.build_trainer = build_with_hook
-sys.exit(main(["train", "--run-dir", {run!r}, *{overrides!r}]))
+{with_callback}sys.exit(main(["train", "--run-dir", {run!r}, *{overrides!r}]))
 """
 
 
@@ -215,6 +209,7 @@ def start_run(tmp_path, workers: int, at_step: int = 2, delete=(), stall_data=Fa
         "sample.every_n_steps": 0,
     }
     script = RUN_SCRIPT.format(
+        with_callback=trainer_with_callback("AtStep"),
         stall=str(tmp_path / "stall"),
         at_step=at_step,
         delete=list(delete),

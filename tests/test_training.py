@@ -14,6 +14,7 @@ import textwrap
 
 import pytest
 import torch
+from conftest import trainer_with_callback
 from torch.overrides import TorchFunctionMode
 
 from glyphgen.config import ConfigError, load_config, to_dict
@@ -192,14 +193,7 @@ class KillAt(L.Callback):
         if trainer.global_step == {kill_at}:
             os.kill(os.getpid(), signal.{signal})
 
-build = train.build_trainer
-def build_with_kill(cfg, run_dir, module):
-    trainer = build(cfg, run_dir, module)
-    trainer.callbacks.append(KillAt())
-    return trainer
-
-train.build_trainer = build_with_kill
-train.train_stage(load_config(StageConfig, overrides={overrides!r}), {run!r})
+{with_callback}train.train_stage(load_config(StageConfig, overrides={overrides!r}), {run!r})
 """
 
 
@@ -209,7 +203,13 @@ def test_sigkill_and_resume_matches_an_uninterrupted_run(tmp_path, shards):
 
     run = tmp_path / "killed"
     # SIGKILL: a hard crash, no cleanup, no final checkpoint.
-    script = KILL_SCRIPT.format(kill_at=5, signal="SIGKILL", overrides=overrides, run=str(run))
+    script = KILL_SCRIPT.format(
+        with_callback=trainer_with_callback("KillAt"),
+        kill_at=5,
+        signal="SIGKILL",
+        overrides=overrides,
+        run=str(run),
+    )
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, timeout=300)
     assert proc.returncode == -9, proc.stderr.decode()[-2000:]
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == 4
@@ -231,7 +231,13 @@ def test_preemption_signal_saves_last_checkpoint(tmp_path, shards, signal, saved
         "pretrain-synthetic", shards, steps=8, **{"trainer.checkpoint_every_n_steps": 100}
     )
     run = tmp_path / "run"
-    script = KILL_SCRIPT.format(kill_at=3, signal=signal, overrides=overrides, run=str(run))
+    script = KILL_SCRIPT.format(
+        with_callback=trainer_with_callback("KillAt"),
+        kill_at=3,
+        signal=signal,
+        overrides=overrides,
+        run=str(run),
+    )
     proc = subprocess.run([sys.executable, "-c", textwrap.dedent(script)], capture_output=True, timeout=300)
     assert proc.returncode == 1, proc.stderr.decode()[-3000:]  # a clean exit with an error, not a kill
     assert not (run / "complete.json").exists()
