@@ -73,6 +73,12 @@ def build_parser() -> argparse.ArgumentParser:
     merge.add_argument("out", help="new shard folder to write")
     merge.add_argument("parts", nargs="+", metavar="PART_DIR", help="finished part folders")
     merge.add_argument("--overwrite", action="store_true", help="replace a shard folder glyphgen wrote")
+    merge.add_argument(
+        "--keep-duplicates",
+        action="store_true",
+        help="keep an image (same json image_hash) that an earlier part already holds; by default "
+        "only its first copy is kept",
+    )
 
     train = verbs.add_parser("train", help="train one stage from a stage config")
     _config_args(train)
@@ -246,7 +252,7 @@ def cmd_make_shards(args) -> None:
 def cmd_merge_shards(args) -> None:
     from glyphgen.data.merge import merge_parts
 
-    merged = merge_parts(args.out, args.parts, args.overwrite)
+    merged = merge_parts(args.out, args.parts, args.overwrite, drop_duplicates=not args.keep_duplicates)
     print(f"merged {len(merged['parts'])} parts: {merged['count']} samples in {len(merged['shards'])} shards")
     print(args.out)
 

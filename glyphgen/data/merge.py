@@ -1,9 +1,12 @@
 """`glyphgen merge-shards OUT PART_DIR...`: the finished parts of a WebDataset transcription
 (`make-shards real --webdataset ... --part I/N`, see real_wds.py) as one shard folder the training
 loader reads: the parts' shards hard-linked (else copied) into OUT, with one manifest, and a report
-(glyphgen/data/real_report.py) combined from the parts' reports. Duplicate images across parts are not
-dropped: that would mean reading every sample's json and rewriting the shards holding one, where a
-merge now only links files; `drop_duplicates` works within each part."""
+(glyphgen/data/real_report.py) combined from the parts' reports.
+
+A part built with `drop_duplicates` keeps each image once within itself; the merge (by default)
+does the same across parts: walking the parts in index order, a sample whose json `image_hash`
+was already seen is dropped. That reads every json member, but only a shard that holds such a
+sample is rewritten (a new file, without it); the others are still linked as they are."""
 
 from __future__ import annotations
 
@@ -11,12 +14,13 @@ import json
 import os
 import shutil
 import sys
+import tarfile
 import warnings
 from collections import Counter
 from pathlib import Path
 
 from glyphgen.data.real import parse_part, transcript_summary
-from glyphgen.data.real_report import clear_old_report, combine, read_report, write_report
+from glyphgen.data.real_report import clear_old_report, combine, discount, read_report, write_report
 from glyphgen.data.shards import (
     FORMAT,
     MANIFEST,
@@ -26,10 +30,17 @@ from glyphgen.data.shards import (
     remove_stale_partials,
 )
 
+DUPLICATE = "duplicate image"
+"""The skip reason of a dropped duplicate: the one `real_filters.Dedup` counts within a part."""
 
-def merge_parts(out: str | Path, parts: list[str | Path], overwrite: bool = False) -> dict:
+
+def merge_parts(
+    out: str | Path, parts: list[str | Path], overwrite: bool = False, drop_duplicates: bool = True
+) -> dict:
     """One shard folder at `out` holding the shards of finished part folders (hard links where the
-    file system allows, else copies), with a manifest of the combined counts. Refuses, in one line,
+    file system allows, else copies), with a manifest of the combined counts. With
+    `drop_duplicates`, a sample whose `image_hash` an earlier part (or earlier in its own part)
+    already holds is left out, and its shard written anew without it. Refuses, in one line,
     an unfinished part, the same part twice, and parts of another resolution, part count or input
     shard count; a different input spec (another mount of the same shards) is only warned about.
     `out` must be new or empty, or with `overwrite` a shard folder glyphgen wrote."""
@@ -70,6 +81,8 @@ def merge_parts(out: str | Path, parts: list[str | Path], overwrite: bool = Fals
     missing = sorted(set(range(first_count)) - {parse_part(label)[0] for label in seen})
     if missing:
         warnings.warn(f"merging {len(seen)} of {first_count} parts; missing: {missing}", stacklevel=2)
+    # Part-index order, whatever the command line's: which copy of a duplicate stays is then fixed.
+    manifests.sort(key=lambda m: parse_part(m[1]["part"])[0])
     clear_old_report(out, overwrite)
     check_output_folder(out, overwrite)
     for stale in remove_stale_partials(out):
@@ -78,6 +91,8 @@ def merge_parts(out: str | Path, parts: list[str | Path], overwrite: bool = Fals
     tmp.mkdir(parents=True)
     try:
         entries, skipped, charset = [], Counter(), set()
+        hashes: set[str] = set()
+        dropped: list[tuple[str, str, str, dict]] = []
         for folder, manifest, _ in manifests:
             skipped.update(manifest.get("skipped", {}))
             charset.update(manifest.get("charset", ""))
@@ -89,8 +104,14 @@ def merge_parts(out: str | Path, parts: list[str | Path], overwrite: bool = Fals
             for src, name, n in zip(shards.urls, names, shards.counts, strict=True):
                 if (tmp / name).exists():
                     raise ValueError(f"{folder}: shard {name} is also in another part")
-                _link_or_copy(Path(src), tmp / name)
-                entries.append({"name": name, "count": n})
+                gone = _drop_seen(Path(src), tmp / name, hashes) if drop_duplicates else []
+                if not gone:
+                    _link_or_copy(Path(src), tmp / name)
+                dropped += [(name, *sample) for sample in gone]
+                if not gone or (tmp / name).exists():  # a shard left empty is not written
+                    entries.append({"name": name, "count": n - len(gone)})
+        if dropped:
+            skipped[DUPLICATE] += len(dropped)
         entries.sort(key=lambda e: e["name"])
         if not entries:
             raise ValueError(f"{out}: the parts hold no samples, so there is nothing to merge")
@@ -121,9 +142,57 @@ def merge_parts(out: str | Path, parts: list[str | Path], overwrite: bool = Fals
         read_report(folder) or {"kept": manifest["count"], "skipped": manifest.get("skipped", {})}
         for folder, manifest, _ in manifests
     ]
-    write_report(out, combine(reports, parts=merged["parts"], source=merged["source"]))
+    report = combine(reports, parts=merged["parts"], source=merged["source"])
+    write_report(out, discount(report, dropped, DUPLICATE))
+    if dropped:
+        print(f"merge: dropped {len(dropped)} duplicate images found in more than one part", file=sys.stderr)
     print(transcript_summary(out), file=sys.stderr)
     return merged
+
+
+def _drop_seen(src: Path, dst: Path, hashes: set[str]) -> list[tuple[str, str, dict]]:
+    """The samples of shard `src` whose `image_hash` is in `hashes` (key, transcript, json), in tar
+    order; the others' hashes join `hashes`. When there are any, `dst` (a new file) gets the rest of
+    the shard, each member's header and bytes as they were, so equal inputs give equal bytes; no
+    file at all when nothing is left. Samples without a hash are always kept."""
+    with tarfile.open(src) as tar:
+        members = tar.getmembers()
+        groups: dict[str, list[tarfile.TarInfo]] = {}
+        for m in members:
+            groups.setdefault(_sample_key(m.name), []).append(m)
+        gone: dict[str, dict] = {}
+        for key, group in groups.items():
+            try:
+                meta = next((json.load(tar.extractfile(m)) for m in group if m.name.endswith(".json")), None)
+            except ValueError as e:
+                raise ValueError(f"{src}: sample {key}: unreadable json member ({e})") from None
+            digest = meta.get("image_hash") if isinstance(meta, dict) else None
+            if digest is None:
+                continue
+            if digest in hashes:
+                gone[key] = meta
+            else:
+                hashes.add(digest)
+        if not gone:
+            return []
+        texts = {
+            _sample_key(m.name): tar.extractfile(m).read().decode("utf-8")
+            for m in members
+            if m.name.endswith(".txt") and _sample_key(m.name) in gone
+        }
+        if len(gone) < len(groups):
+            # "x": a new file, never a write through a hard link into a part's shard.
+            with tarfile.open(dst, "x") as new:
+                for m in members:
+                    if _sample_key(m.name) not in gone:
+                        new.addfile(m, tar.extractfile(m) if m.isfile() else None)
+    return [(key, texts.get(key, ""), meta) for key, meta in gone.items()]
+
+
+def _sample_key(name: str) -> str:
+    """A member's sample key as WebDataset reads it: the name up to the first dot of its last part."""
+    head, sep, base = name.rpartition("/")
+    return head + sep + base.partition(".")[0]
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

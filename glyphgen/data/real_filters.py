@@ -64,7 +64,7 @@ class RealFilters:
     drop_duplicates: bool = False
     """Drop images whose decoded pixels equal an earlier image's in the same build ("duplicate
     image"; a hash of the decoded full-size image, recorded as `image_hash`). With `--part`, within
-    the part; merge-shards does not look across parts."""
+    the part; merge-shards then drops the copies found in more than one part."""
 
     def __post_init__(self):
         self.outside_alphabet = OutsideAlphabet.parse(self.outside_alphabet, "outside_alphabet")

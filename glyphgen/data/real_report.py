@@ -58,6 +58,20 @@ TITLES = {
 }
 
 
+def sample_values(text: str, meta: dict) -> dict:
+    """What each histogram counts of one kept sample (None: not known for it)."""
+    return {
+        "chars": count_chars(text),
+        "lines": meta.get("lines", text.count("\n") + 1),
+        "ocr_confidence": meta.get("ocr_confidence"),
+        "text_area": meta.get("text_area"),
+    }
+
+
+def _bin(name: str, value: float) -> int:
+    return max(bisect.bisect_right(BINS[name], value) - 1, 0)
+
+
 class ReportStats:
     """Counts, histograms and two seeded reservoirs of one build, part, input shard or merge."""
 
@@ -82,17 +96,10 @@ class ReportStats:
                 self._offer(self.dropped_samples, self.dropped_with_image, item)
             return
         self.kept += 1
-        meta = result.meta
-        values = {
-            "chars": count_chars(result.text),
-            "lines": meta.get("lines", result.text.count("\n") + 1),
-            "ocr_confidence": meta.get("ocr_confidence"),
-            "text_area": meta.get("text_area"),
-        }
-        for name, value in values.items():
+        for name, value in sample_values(result.text, result.meta).items():
             if value is not None:
                 hist = self.hists[name]
-                hist["counts"][max(bisect.bisect_right(BINS[name], value) - 1, 0)] += 1
+                hist["counts"][_bin(name, value)] += 1
                 hist["n"] += 1
                 hist["sum"] += value
         self._offer(self.kept_samples, self.kept, {"shard": shard, "key": result.key, "text": result.text})
@@ -170,6 +177,33 @@ def combine(reports: list[dict], seed: int = 0, **extra) -> dict:
         "dropped_samples": draw("dropped_samples", [r.get("dropped_with_image", 0) for r in reports]),
         **extra,
     }
+
+
+def discount(report: dict, dropped: list[tuple[str, str, str, dict]], reason: str) -> dict:
+    """`report` (a `combine` output, changed in place) less kept samples dropped after it was made,
+    each (shard, key, transcript, json): counted under `reason` instead, taken out of the histograms,
+    and out of the kept reservoir (whose grid could no longer show them)."""
+    if not dropped:
+        return report
+    report["kept"] -= len(dropped)
+    skipped = Counter(report["skipped"])
+    skipped[reason] += len(dropped)
+    report["skipped"] = dict(sorted(skipped.items()))  # "seen" stays: these images were seen
+    hists = report["histograms"]
+    for _, _, text, meta in dropped:
+        for name, value in sample_values(text, meta).items():
+            h = hists[name]
+            # Not below zero: a part without report.json adds counts but no histograms.
+            if value is not None and h["counts"][i := _bin(name, value)] > 0:
+                h["counts"][i] -= 1
+                h["n"] -= 1
+                h["sum"] -= value
+    for h in hists.values():
+        h["sum"] = round(h["sum"], 6)
+        h["mean"] = round(h["sum"] / h["n"], 4) if h["n"] else None
+    gone = {(shard, key) for shard, key, _, _ in dropped}
+    report["kept_samples"] = [s for s in report["kept_samples"] if (s["shard"], s["key"]) not in gone]
+    return report
 
 
 class Progress:
