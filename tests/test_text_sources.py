@@ -119,12 +119,36 @@ def test_excluded_words_never_appear(tmp_path):
         ("sources.numbers=-1", "sources.numbers"),
         ("case.upper=-0.5", "case.upper"),
         ("max_chars=0", "max_chars"),
+        ("word_skew=0.5", "word_skew"),
         ("exclude_words_file=/no/such/file.txt", "exclude_words_file"),
     ],
 )
 def test_config_errors_name_the_key(override, key):
     with pytest.raises(ConfigError, match=re.escape(key)):
         load_config(TextConfig, overrides=[override])
+
+
+def test_word_skew_1_draws_every_word_equally_often():
+    """The learning check's vocabulary: by default the most common word is drawn several times as
+    often as the rarest; with word_skew 1 each is about 1/N of the draws."""
+
+    def counts(**kw) -> Counter:
+        cfg = TextConfig(
+            sources=only("words"),
+            case=CaseWeights(as_is=0, lower=0, upper=1, title=0),
+            vocab_size=14,
+            max_chars=3,
+            exclude_words_file=None,
+            **kw,
+        )
+        return Counter(draw(TextSampler(cfg, DEFAULT_ALPHABET), 6000))
+
+    skewed, even = counts(), counts(word_skew=1)
+    assert set(even) >= {"THE", "IS", "IT"}
+    assert skewed["THE"] > 4 * skewed["IT"]
+    words = [w for w in even if " " not in w]  # "A I" and the like are rare two-word draws
+    share = [even[w] / sum(even.values()) for w in words]
+    assert len(words) == 12 and max(share) < 1.4 * min(share), even
 
 
 def test_all_zero_weights_is_an_error():

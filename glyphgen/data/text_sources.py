@@ -113,6 +113,10 @@ class TextConfig:
     """Most lines in one transcript before wrapping."""
     vocab_size: int = 20000
     """How many of wordfreq's most frequent English words the word sources draw from."""
+    word_skew: float = 2.0
+    """How much more often common words are drawn: the word of rank r (0 the most common) is the one
+    at N * u**word_skew for uniform u, so p(r) ~ r^(1/word_skew - 1). 2 gives p(r) ~ r^-1/2; 1 draws
+    every word equally often (a vocabulary that is scored word by word, as the learning check is)."""
     exclude_words_file: str | None = HELD_OUT_WORDS
     """Text file with one word per line (`#` lines are comments); those words (any case) never appear
     in a transcript. Default: the evaluator's held-out word set (glyphgen/eval/prompts/words.txt), so
@@ -130,6 +134,7 @@ class TextConfig:
         require(sum(vars(self.random_pools).values()) > 0, "random_pools", "all pool weights are zero")
         require(self.max_lines >= 1, "max_lines", f"must be >= 1, got {self.max_lines}")
         require(self.vocab_size >= 1, "vocab_size", f"must be >= 1, got {self.vocab_size}")
+        require(self.word_skew >= 1, "word_skew", f"must be >= 1, got {self.word_skew}")
         require_path(self.exclude_words_file, "exclude_words_file")
 
 
@@ -233,9 +238,9 @@ class TextSampler:
         return bool(self.excluded) and any(w in self.excluded for w in _WORD_RE.findall(line.lower()))
 
     def _word(self, rng: random.Random) -> str:
-        # rank = N * u^2, i.e. p(rank) ~ rank^-1/2: common words come up more often than rare ones,
-        # yet none dominates (by true frequency "the" would be every 20th word).
-        return self.vocab[int(len(self.vocab) * rng.random() ** 2)]
+        # By default rank = N * u^2, i.e. p(rank) ~ rank^-1/2: common words come up more often than
+        # rare ones, yet none dominates (by true frequency "the" would be every 20th word).
+        return self.vocab[int(len(self.vocab) * rng.random() ** self.cfg.word_skew)]
 
     def _words(self, rng: random.Random) -> str | None:
         if not self.vocab:
