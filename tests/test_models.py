@@ -42,31 +42,6 @@ def test_shapes_for_every_size_and_mode(name, mode):
     assert out.shape == (2, 6, cfg.resolution, cfg.resolution)
 
 
-def test_patched_models_fold_pixels_and_warm_start_each_other():
-    """patch_size 2: the image goes in as 2x2 patches (every level at half the side, about a quarter
-    of the work) and comes out at full size; a patched base warm-starts a patched superres model."""
-    base_cfg = dataclasses.replace(model_config("tiny"), patch_size=2)
-    sr_cfg = dataclasses.replace(model_config("tiny-sr"), patch_size=2)
-    torch.manual_seed(0)
-    base, sr = UNet(base_cfg), UNet(sr_cfg)
-    assert base.input_blocks[0][0].in_channels == 12 and base.out[-1].out_channels == 24
-    weave = [m for m in base.modules() if isinstance(m, WeaveAttention)]
-    assert sorted(m.resolution for m in weave) == [8, 8, 16, 16]  # of the folded 16 px image
-    _randomize(base)
-    inputs = example_inputs(base_cfg, batch=2, text_length=6)
-    out = base(**inputs)
-    assert out.shape == (2, 6, 32, 32)
-    # Each output pixel depends on the input: the fold is undone, not a 16 px image upsampled.
-    x = inputs["x"].clone().requires_grad_(True)
-    base(**{**inputs, "x": x})[:, :3, 5, 6].sum().backward()
-    assert x.grad[:, :, 5, 6].abs().sum() > 0
-    assert sr(**example_inputs(sr_cfg, batch=1, text_length=6)).shape == (1, 6, 64, 64)
-    report = sandwich_warm_start(sr, base.state_dict(), base)
-    assert report.loaded["middle_block.0.in_conv.weight"] == "middle_block.0.in_conv.weight"
-    with pytest.raises(ValueError, match="differ in patch_size"):
-        sandwich_warm_start(UNet(model_config("tiny-sr")), base.state_dict(), base)
-
-
 def test_padding_does_not_change_a_sample(tmp_path):
     model = tiny()
     _randomize(model)
@@ -220,10 +195,6 @@ def test_unknown_size_and_bad_config():
     assert UNetConfig(text_attention="glide").text_attention is TextAttention.glide
     with pytest.raises(ConfigError, match=r"text_resolutions: \[4\] are not feature resolutions"):
         load_config(UNetConfig, overrides=["text_resolutions=[4]"])
-    with pytest.raises(ConfigError, match=r"attention_resolutions: \[32\] are not feature resolutions"):
-        load_config(UNetConfig, overrides=["patch_size=2", "resolution=32", "channel_mult=[1,2,2]"])
-    with pytest.raises(ConfigError, match="patch_size: must be >= 1 and divide the resolution 128, got 3"):
-        load_config(UNetConfig, overrides=["patch_size=3"])
 
 
 def test_padding_id_is_pad():

@@ -69,7 +69,6 @@ class GaussianDiffusion:
         parameterization: str = "eps",
         loss_weighting: str = "uniform",
         min_snr_gamma: float = 5.0,
-        min_snr_floor: float = 0.0,
     ):
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
@@ -79,7 +78,6 @@ class GaussianDiffusion:
         self.parameterization = Parameterization(parameterization)
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = min_snr_gamma
-        self.min_snr_floor = min_snr_floor
         self.num_steps = len(betas)
         self.timestep_map = torch.arange(self.num_steps) if timestep_map is None else timestep_map.long()
 
@@ -248,9 +246,7 @@ class GaussianDiffusion:
         weighted = mse
         if self.loss_weighting != "uniform":
             snr = self.coefficient("snr", t, mse)
-            weighted = mse * self.parameterization.loss_weight(
-                snr, self.loss_weighting, self.min_snr_gamma, self.min_snr_floor
-            )
+            weighted = mse * self.parameterization.loss_weight(snr, self.loss_weighting, self.min_snr_gamma)
         # The VLB must not move the mean (the MSE does that better): only the variance gets its gradient.
         frozen = torch.cat([output[:, :channels].detach(), output[:, channels:]], dim=1)
         vlb = self.vlb_terms(frozen, x0, x_t, t)
@@ -275,7 +271,6 @@ class GaussianDiffusion:
             parameterization=self.parameterization.name,
             loss_weighting=self.loss_weighting,
             min_snr_gamma=self.min_snr_gamma,
-            min_snr_floor=self.min_snr_floor,
         )
 
 
@@ -326,6 +321,5 @@ def create_diffusion(cfg: DiffusionConfig, steps_spec: str | None = None) -> Gau
         parameterization=cfg.parameterization,
         loss_weighting=cfg.loss_weighting,
         min_snr_gamma=cfg.min_snr_gamma,
-        min_snr_floor=cfg.min_snr_floor,
     )
     return diffusion if steps_spec is None else diffusion.respace(steps_spec)

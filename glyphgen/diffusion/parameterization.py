@@ -15,10 +15,7 @@ guidance may combine raw outputs of any parameterization: it equals combining th
 Loss weighting. An error d in the predicted x0 is an error (a/s) d in eps and d/a in v, so the
 per-step MSE of each target is the x0-space MSE times snr (eps), snr + 1 (v) or 1 (x0), with
 snr = abar / (1 - abar). Min-SNR-gamma (Hang et al. 2023) wants x0-space weight min(snr, gamma);
-dividing by that factor gives the weight in each target's own space. A floor on that x0-space weight,
-clamp(snr, floor, gamma), keeps the noisiest steps from being starved: min-SNR alone gives them
-weight ~snr ~ 0, yet starting from pure noise is where the text decides what gets drawn. Floor 1
-is Salimans & Ho's truncated-SNR weight max(snr, 1) capped at gamma.
+dividing by that factor gives the weight in each target's own space.
 """
 
 from __future__ import annotations
@@ -112,13 +109,12 @@ class Parameterization:
             return snr + 1
         return torch.ones_like(snr)
 
-    def loss_weight(self, snr: Tensor, weighting: str, gamma: float, floor: float = 0.0) -> Tensor:
-        """Per-sample weight of this target's MSE: 1 ("uniform") or min-SNR-gamma ("min_snr"), whose
-        x0-space weight is clamp(snr, floor, gamma)."""
+    def loss_weight(self, snr: Tensor, weighting: str, gamma: float) -> Tensor:
+        """Per-sample weight of this target's MSE: 1 ("uniform") or min-SNR-gamma ("min_snr")."""
         if weighting == "uniform":
             return torch.ones_like(snr)
         if weighting == "min_snr":
-            return snr.clamp(min=floor, max=gamma) / self.snr_factor(snr)
+            return snr.clamp(max=gamma) / self.snr_factor(snr)
         raise ValueError(
             f"unknown loss weighting {weighting!r} (expected one of {', '.join(Weighting.values())})"
         )

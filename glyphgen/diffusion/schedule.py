@@ -145,9 +145,6 @@ class DiffusionConfig:
     2023: x0-space weight min(SNR, gamma), expressed for the parameterization's target)."""
     min_snr_gamma: float = 5.0
     """Gamma of min-SNR weighting: the SNR above which steps stop gaining weight."""
-    min_snr_floor: float = 0.0
-    """Min-SNR weighting: the least x0-space weight of a step, clamp(SNR, floor, gamma). 0 is plain
-    min-SNR, which gives the noisiest steps (where the text decides the layout) weight ~SNR ~ 0."""
     learn_sigma: bool = True
     """The model also outputs a variance interpolation (2*C output channels) trained by the VLB."""
     vlb_weight: float = 0.001
@@ -184,11 +181,6 @@ class DiffusionConfig:
         )
         self.loss_weighting = Weighting.parse(self.loss_weighting, "loss_weighting")
         require(self.min_snr_gamma > 0, "min_snr_gamma", f"must be > 0, got {self.min_snr_gamma}")
-        require(
-            0 <= self.min_snr_floor <= self.min_snr_gamma,
-            "min_snr_floor",
-            f"must be in [0, min_snr_gamma], got {self.min_snr_floor}",
-        )
         require(self.vlb_weight >= 0, "vlb_weight", f"must be >= 0, got {self.vlb_weight}")
         require(0 <= self.p_uncond <= 1, "p_uncond", f"must be in [0, 1], got {self.p_uncond}")
         try:

@@ -56,10 +56,6 @@ class UNetConfig:
     keys/values) or "none" (no text: an unconditional model)."""
     superres: bool = False
     """Super-resolution model: the low-res image is upsampled and concatenated to the input."""
-    patch_size: int = 1
-    """Side of the pixel patches folded into channels before the first conv and unfolded after the
-    head (pixel unshuffle): 2 runs every level at half the side, for about a quarter of the
-    convolution work. Feature resolutions (attention, text) are then those of the folded image."""
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
     """The character-level text encoder."""
 
@@ -67,14 +63,12 @@ class UNetConfig:
         levels = len(self.channel_mult)
         require(levels >= 1, "channel_mult", "needs at least one level")
         require(
-            self.patch_size >= 1 and self.resolution % self.patch_size == 0,
-            "patch_size",
-            f"must be >= 1 and divide the resolution {self.resolution}, got {self.patch_size}",
+            self.resolution % 2 ** (levels - 1) == 0,
+            "resolution",
+            f"{self.resolution} cannot be halved {levels - 1} times",
         )
-        side = self.feature_resolution
-        require(side % 2 ** (levels - 1) == 0, "resolution", f"{side} cannot be halved {levels - 1} times")
         self.text_attention = TextAttention.parse(self.text_attention, "text_attention")
-        feature_sizes = {side >> i for i in range(levels)}
+        feature_sizes = {self.resolution >> i for i in range(levels)}
         for key in ("attention_resolutions", "text_resolutions"):
             bad = sorted(set(getattr(self, key)) - feature_sizes)
             require(not bad, key, f"{bad} are not feature resolutions of this U-Net {sorted(feature_sizes)}")
@@ -87,11 +81,6 @@ class UNetConfig:
     @property
     def out_channels(self) -> int:
         return self.in_channels * (2 if self.learn_sigma else 1)
-
-    @property
-    def feature_resolution(self) -> int:
-        """Side of the first level's features: the image side over the patch side."""
-        return self.resolution // self.patch_size
 
 
 class ConditionedSequence(nn.ModuleList):
@@ -129,9 +118,8 @@ class UNet(nn.Module):
                 [SelfAttention(ch, cfg.head_channels, glide_dim)] if res in cfg.attention_resolutions else []
             )
 
-        patch_area = cfg.patch_size**2
-        in_ch = cfg.in_channels * (2 if cfg.superres else 1) * patch_area
-        ch, res = mc * cfg.channel_mult[0], cfg.feature_resolution
+        in_ch = cfg.in_channels * (2 if cfg.superres else 1)
+        ch, res = mc * cfg.channel_mult[0], cfg.resolution
         self.input_blocks = nn.ModuleList([ConditionedSequence([nn.Conv2d(in_ch, ch, 3, padding=1)])])
         skips = [ch]
         for level, mult in enumerate(cfg.channel_mult):
@@ -172,9 +160,7 @@ class UNet(nn.Module):
                 self.output_blocks.append(ConditionedSequence(layers))
 
         self.out = nn.Sequential(
-            group_norm(ch),
-            nn.SiLU(),
-            zero_module(nn.Conv2d(ch, cfg.out_channels * patch_area, 3, padding=1)),
+            group_norm(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
         )
 
     def forward(self, x, t, tokens=None, mask=None, low_res=None):
@@ -190,11 +176,11 @@ class UNet(nn.Module):
             low_res = F.interpolate(low_res, size=x.shape[-2:], mode="bilinear", align_corners=False)
             x = torch.cat([x, low_res.to(x.dtype)], dim=1)
         hs = []
-        h = F.pixel_unshuffle(x, self.cfg.patch_size)
+        h = x
         for block in self.input_blocks:
             h = block(h, emb, text, text_mask)
             hs.append(h)
         h = self.middle_block(h, emb, text, text_mask)
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb, text, text_mask)
-        return F.pixel_shuffle(self.out(h), self.cfg.patch_size)
+        return self.out(h)

@@ -75,7 +75,6 @@ def check_sandwich(base: UNet, sr: UNet) -> None:
         "head_channels",
         "text_attention",
         "text",
-        "patch_size",
     )
     for name in same:
         if getattr(b, name) != getattr(s, name):
