@@ -27,6 +27,7 @@ VARIANTS: dict[str, list[str]] = {
     "eps + min-SNR": ["diffusion.loss_weighting=min_snr"],
     "x0 + min-SNR": ["diffusion.parameterization=x0", "diffusion.loss_weighting=min_snr"],
     "v + min-SNR": ["diffusion.parameterization=v", "diffusion.loss_weighting=min_snr"],
+    "v + P2": ["diffusion.parameterization=v", "diffusion.loss_weighting=p2"],
     "v + min-SNR + ZTSNR": [
         "diffusion.parameterization=v",
         "diffusion.loss_weighting=min_snr",

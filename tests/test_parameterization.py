@@ -17,6 +17,7 @@ from glyphgen.diffusion import (
     Parameterization,
     Prediction,
     Sampler,
+    Weighting,
     create_diffusion,
     dynamic_threshold,
     guided,
@@ -68,7 +69,7 @@ def test_v_is_a_rotation_of_x0_and_eps():
 
 
 @pytest.mark.parametrize("name", Prediction)
-@pytest.mark.parametrize("weighting", ["uniform", "min_snr"])
+@pytest.mark.parametrize("weighting", Weighting.values())
 @pytest.mark.parametrize("learn_sigma", [False, True])
 def test_the_true_target_gives_zero_mse(name, weighting, learn_sigma):
     d = create_diffusion(
@@ -87,14 +88,19 @@ def test_the_true_target_gives_zero_mse(name, weighting, learn_sigma):
         assert torch.all(terms["loss"] < 1e-20)
 
 
-def test_min_snr_gives_every_parameterization_the_same_x0_space_weight():
-    """An x0 error d costs min(SNR, gamma) * |d|^2 under min-SNR, whatever the network predicts."""
+X0_SPACE_WEIGHT = {"min_snr": lambda snr: snr.clamp(max=5.0), "p2": lambda snr: snr / (1 + snr)}
+
+
+@pytest.mark.parametrize("weighting", list(X0_SPACE_WEIGHT))
+def test_a_weighting_gives_every_parameterization_the_same_x0_space_weight(weighting):
+    """An x0 error d costs w(SNR) * |d|^2, whatever the network predicts: min(SNR, gamma) under
+    min-SNR, SNR / (1 + SNR) under P2."""
     x0, eps, t = batch(7, n=16)
     d_err = 0.01 * torch.randn(x0.shape, generator=gen(9), dtype=torch.float64)
     losses = {}
     for name in Prediction:
         d = create_diffusion(
-            DiffusionConfig(parameterization=name, loss_weighting="min_snr", learn_sigma=False)
+            DiffusionConfig(parameterization=name, loss_weighting=weighting, learn_sigma=False)
         )
         p = Parameterization(name)
         x_t = d.q_sample(x0, t, eps)
@@ -103,7 +109,7 @@ def test_min_snr_gives_every_parameterization_the_same_x0_space_weight():
         wrong = p.target(wrong_x0, d.predict_eps(x_t, t, wrong_x0), t, d)
         losses[name] = d.training_losses(lambda x, tt, w=wrong: w, x0, t, noise=eps)["loss"]
     snr = d.array("snr")[t]
-    expected = snr.clamp(max=5.0) * d_err.pow(2).mean(dim=(1, 2, 3))
+    expected = X0_SPACE_WEIGHT[weighting](snr) * d_err.pow(2).mean(dim=(1, 2, 3))
     for name in Prediction:
         torch.testing.assert_close(losses[name], expected, rtol=1e-5, atol=1e-12)
 
@@ -150,7 +156,7 @@ def test_bad_names_say_the_choices():
     with pytest.raises(ValueError, match=r"unknown parameterization 'score' \(expected one of eps, v, x0\)"):
         Parameterization("score")
     with pytest.raises(
-        ValueError, match=r"unknown loss weighting 'snr' \(expected one of uniform, min_snr\)"
+        ValueError, match=r"unknown loss weighting 'snr' \(expected one of uniform, min_snr, p2\)"
     ):
         Parameterization("v").loss_weight(torch.ones(1), "snr", 5.0)
     assert DiffusionConfig(parameterization="v", loss_weighting="min_snr").parameterization is Prediction.v

@@ -15,7 +15,10 @@ guidance may combine raw outputs of any parameterization: it equals combining th
 Loss weighting. An error d in the predicted x0 is an error (a/s) d in eps and d/a in v, so the
 per-step MSE of each target is the x0-space MSE times snr (eps), snr + 1 (v) or 1 (x0), with
 snr = abar / (1 - abar). Min-SNR-gamma (Hang et al. 2023) wants x0-space weight min(snr, gamma);
-dividing by that factor gives the weight in each target's own space.
+dividing by that factor gives the weight in each target's own space. P2 (Choi et al. 2022, k = 1,
+gamma = 1) divides eps's weight by 1 + snr: x0-space weight snr / (1 + snr), which takes weight off the
+nearly clean steps and puts the middle of the schedule, where the content (here: the word) is
+decided, first.
 """
 
 from __future__ import annotations
@@ -42,6 +45,7 @@ class Weighting(Choice):
 
     uniform = "uniform"
     min_snr = "min_snr"
+    p2 = "p2"
 
 
 class Coefficients(Protocol):
@@ -110,11 +114,14 @@ class Parameterization:
         return torch.ones_like(snr)
 
     def loss_weight(self, snr: Tensor, weighting: str, gamma: float) -> Tensor:
-        """Per-sample weight of this target's MSE: 1 ("uniform") or min-SNR-gamma ("min_snr")."""
+        """Per-sample weight of this target's MSE: 1 ("uniform"), min-SNR-gamma ("min_snr") or P2
+        ("p2": x0-space weight snr / (1 + snr))."""
         if weighting == "uniform":
             return torch.ones_like(snr)
         if weighting == "min_snr":
             return snr.clamp(max=gamma) / self.snr_factor(snr)
+        if weighting == "p2":
+            return snr / (1 + snr) / self.snr_factor(snr)
         raise ValueError(
             f"unknown loss weighting {weighting!r} (expected one of {', '.join(Weighting.values())})"
         )

@@ -141,8 +141,9 @@ class DiffusionConfig:
     parameterization: Prediction = Prediction.eps
     """What the network predicts: "eps" (the noise), "v" (Salimans & Ho 2022) or "x0" (the image)."""
     loss_weighting: Weighting = Weighting.uniform
-    """Per-timestep weight of the MSE: "uniform" in the target's own space, or "min_snr" (Hang et al.
-    2023: x0-space weight min(SNR, gamma), expressed for the parameterization's target)."""
+    """Per-timestep weight of the MSE: "uniform" in the target's own space, "min_snr" (Hang et al.
+    2023: x0-space weight min(SNR, gamma)) or "p2" (Choi et al. 2022: x0-space weight
+    SNR / (1 + SNR)), each expressed for the parameterization's target."""
     min_snr_gamma: float = 5.0
     """Gamma of min-SNR weighting: the SNR above which steps stop gaining weight."""
     learn_sigma: bool = True
