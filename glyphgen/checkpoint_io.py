@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from glyphgen.config import Choice
+
 # torch's refusal opens with advice to load the file unsafely; the line naming the refused object
 # is the one worth a user's reading.
 _TORCH_ADVICE = ("Weights only load failed", "Please file an issue", "Check the documentation")
@@ -59,13 +61,19 @@ def _reason(e: Exception) -> str:
 NETWORKS = {"ema": "ema.", "raw": "model."}
 """Which network of a stage checkpoint: the EMA average (what bundles hold by default) or the raw
 trained weights, by their state-dict prefix."""
-NETWORK_CHOICES = (*NETWORKS, "both")
-"""What grids and quality runs may score: one network or both."""
+
+
+class Networks(Choice):
+    """What grids and quality runs may score (a config's `weights`): one network or both."""
+
+    ema = "ema"
+    raw = "raw"
+    both = "both"
 
 
 def networks(choice: str) -> list[str]:
-    """The networks a NETWORK_CHOICES value names."""
-    return list(NETWORKS) if choice == "both" else [choice]
+    """The networks a `Networks` value names."""
+    return list(NETWORKS) if choice == "both" else [str(choice)]
 
 
 def network_state(ckpt: dict, weights: str = "ema") -> dict[str, torch.Tensor]:

@@ -13,7 +13,7 @@ import os
 import sys
 from pathlib import Path
 
-from glyphgen.checkpoint_io import NETWORK_CHOICES, NETWORKS
+from glyphgen.checkpoint_io import NETWORKS, Networks
 from glyphgen.config import ConfigError, load_config
 from glyphgen.diffusion.options import SamplingOptions
 from glyphgen.diffusion.schedule import Sampler
@@ -181,7 +181,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--prompts", nargs="+", dest="prompt_sets", help="prompt sets (default: words random posts)"
     )
     quality.add_argument("--max-prompts", type=int, help="evaluate the first K prompts of each set")
-    quality.add_argument("--weights", choices=NETWORK_CHOICES, help="which network to score (default: ema)")
+    quality.add_argument("--weights", choices=Networks.values(), help="which network to score (default: ema)")
     _sampling_args(quality, n=4)
     quality.set_defaults(batch_size=64)
     quality.add_argument(

@@ -21,7 +21,7 @@ from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
-from glyphgen.checkpoint_io import NETWORK_CHOICES, networks
+from glyphgen.checkpoint_io import Networks, networks
 from glyphgen.config import load_config, require, to_dict
 from glyphgen.diffusion.options import SamplingOptions, with_options
 
@@ -68,7 +68,7 @@ class QualityConfig(SamplingOptions):
     """Samples per prompt."""
     batch_size: int = 64
     """Images sampled at once."""
-    weights: str = "ema"
+    weights: Networks = Networks.ema
     """Which network of the last stage to export and score: "ema" (the bundle's default), "raw" (the
     trained weights, `bundle-raw/`, rows marked "(raw)") or "both": a short run's average may lag."""
     device: str | None = None
@@ -81,11 +81,7 @@ class QualityConfig(SamplingOptions):
         except ValueError as e:
             require(False, "budget", str(e))
         require(bool(self.prompt_sets), "prompt_sets", "names no prompt set")
-        require(
-            self.weights in NETWORK_CHOICES,
-            "weights",
-            f"must be one of {', '.join(NETWORK_CHOICES)}, got {self.weights!r}",
-        )
+        self.weights = Networks.parse(self.weights, "weights")
         require(self.max_prompts is None or self.max_prompts > 0, "max_prompts", "must be > 0")
         require(self.n > 0, "n", f"must be > 0, got {self.n}")
 

@@ -11,7 +11,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from glyphgen.checkpoint_io import NETWORK_CHOICES
+from glyphgen.checkpoint_io import Networks
 from glyphgen.config import Choice, require
 from glyphgen.data.build import BUILDERS
 from glyphgen.data.loader import LoaderConfig
@@ -106,7 +106,7 @@ class SampleConfig(SamplingOptions):
     """Write a sample grid (and OCR metrics) every this many steps, and at the end (0: never)."""
     prompts: list[str] = field(default_factory=lambda: list(DEFAULT_PROMPTS))
     """Held-out prompts sampled for the grids; `\\n` starts a new line."""
-    weights: str = "ema"
+    weights: Networks = Networks.ema
     """Which network the grids sample: "ema" (what export writes), "raw" (the trained weights as they
     are) or "both" (a grid and metrics each, `samples/raw_cer` beside `samples/cer`): early in a run
     the average lags the trained weights."""
@@ -115,11 +115,7 @@ class SampleConfig(SamplingOptions):
 
     def __post_init__(self):
         super().__post_init__()
-        require(
-            self.weights in NETWORK_CHOICES,
-            "weights",
-            f"must be one of {', '.join(NETWORK_CHOICES)}, got {self.weights!r}",
-        )
+        self.weights = Networks.parse(self.weights, "weights")
 
 
 @dataclass
