@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import io
 import json
+import shutil
 import tarfile
 from pathlib import Path
 
@@ -142,3 +143,20 @@ def test_keep_duplicates_links_every_shard(parts, tmp_path, capsys):
     assert cli.main(["merge-shards", str(out), str(p0), str(p1), "--overwrite"]) == 0
     assert read_manifest(out)["count"] == 4 and "merged 2 parts: 4 samples" in capsys.readouterr().out
     assert {part: tar_hashes(part) for part in parts} == before
+
+
+def test_a_damaged_part_shard_is_a_one_line_error(parts, tmp_path, capsys):
+    """A part's shard truncated after it was written (a bad copy): the merge names the file and
+    writes nothing; the part's other files are left alone."""
+    copies = []
+    for part in parts:
+        copy = tmp_path / part.name
+        shutil.copytree(part, copy)
+        copies.append(copy)
+    shard = sorted(copies[1].glob("*.tar"))[0]
+    shard.write_bytes(shard.read_bytes()[:700])
+    code = cli.main(["merge-shards", str(tmp_path / "merged"), *map(str, copies)])
+    err = capsys.readouterr().err
+    assert code == 2 and "unreadable shard" in err and shard.name in err, err
+    assert len(err.strip().splitlines()) == 1, err
+    assert not (tmp_path / "merged").exists()

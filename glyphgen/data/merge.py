@@ -155,6 +155,13 @@ def _drop_seen(src: Path, dst: Path, hashes: set[str]) -> list[tuple[str, str, d
     order; the others' hashes join `hashes`. When there are any, `dst` (a new file) gets the rest of
     the shard, each member's header and bytes as they were, so equal inputs give equal bytes; no
     file at all when nothing is left. Samples without a hash are always kept."""
+    try:
+        return _copy_unseen(src, dst, hashes)
+    except tarfile.TarError as e:  # a part's shard damaged since it was written
+        raise ValueError(f"{src}: unreadable shard ({e}); build its part again") from None
+
+
+def _copy_unseen(src: Path, dst: Path, hashes: set[str]) -> list[tuple[str, str, dict]]:
     with tarfile.open(src) as tar:
         members = tar.getmembers()
         groups: dict[str, list[tarfile.TarInfo]] = {}
