@@ -28,6 +28,7 @@ from glyphgen.data.shards import (
     check_output_folder,
     read_manifest,
     remove_stale_partials,
+    shard_members,
 )
 
 DUPLICATE = "duplicate image"
@@ -162,44 +163,26 @@ def _drop_seen(src: Path, dst: Path, hashes: set[str]) -> list[tuple[str, str, d
 
 
 def _copy_unseen(src: Path, dst: Path, hashes: set[str]) -> list[tuple[str, str, dict]]:
-    with tarfile.open(src) as tar:
-        members = tar.getmembers()
-        groups: dict[str, list[tarfile.TarInfo]] = {}
-        for m in members:
-            groups.setdefault(_sample_key(m.name), []).append(m)
-        gone: dict[str, dict] = {}
-        for key, group in groups.items():
-            try:
-                meta = next((json.load(tar.extractfile(m)) for m in group if m.name.endswith(".json")), None)
-            except ValueError as e:
-                raise ValueError(f"{src}: sample {key}: unreadable json member ({e})") from None
-            digest = meta.get("image_hash") if isinstance(meta, dict) else None
-            if digest is None:
-                continue
-            if digest in hashes:
-                gone[key] = meta
-            else:
-                hashes.add(digest)
-        if not gone:
-            return []
-        texts = {
-            _sample_key(m.name): tar.extractfile(m).read().decode("utf-8")
-            for m in members
-            if m.name.endswith(".txt") and _sample_key(m.name) in gone
-        }
-        if len(gone) < len(groups):
-            # "x": a new file, never a write through a hard link into a part's shard.
-            with tarfile.open(dst, "x") as new:
-                for m in members:
-                    if _sample_key(m.name) not in gone:
-                        new.addfile(m, tar.extractfile(m) if m.isfile() else None)
-    return [(key, texts.get(key, ""), meta) for key, meta in gone.items()]
-
-
-def _sample_key(name: str) -> str:
-    """A member's sample key as WebDataset reads it: the name up to the first dot of its last part."""
-    head, sep, base = name.rpartition("/")
-    return head + sep + base.partition(".")[0]
+    samples = shard_members(src, ["json", "txt"])
+    gone = []
+    for key, parts in samples.items():
+        try:
+            meta = json.loads(parts.get("json", b"{}"))
+        except ValueError as e:
+            raise ValueError(f"{src}: sample {key}: unreadable json member ({e})") from None
+        digest = meta.get("image_hash") if isinstance(meta, dict) else None
+        if digest in hashes:
+            gone.append((key, parts.get("txt", b"").decode("utf-8"), meta))
+        elif digest is not None:
+            hashes.add(digest)
+    if gone and len(gone) < len(samples):
+        dropped = {key for key, _, _ in gone}
+        # "x": a new file, never a write through a hard link into a part's shard.
+        with tarfile.open(src) as tar, tarfile.open(dst, "x") as new:
+            for m in tar.getmembers():
+                if m.name.partition(".")[0] not in dropped:
+                    new.addfile(m, tar.extractfile(m) if m.isfile() else None)
+    return gone
 
 
 def _link_or_copy(src: Path, dst: Path) -> None:

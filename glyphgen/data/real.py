@@ -22,7 +22,6 @@ import json
 import math
 import os
 import sys
-import tarfile
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -41,6 +40,7 @@ from glyphgen.data.shards import (
     ShardBuilder,
     Skipped,
     resolve_workers,
+    shard_members,
 )
 from glyphgen.ocr import Ocr, OcrConfig, OcrError, OcrTimeout
 from glyphgen.ocr.layout import OcrResult, union
@@ -363,16 +363,9 @@ def with_ocr_threads(ocr: OcrConfig, workers: int) -> OcrConfig:
 
 
 def _shard_samples(folder: str | Path, exts: tuple[str, ...]) -> Iterator[dict[str, bytes]]:
-    """The members named by `exts` of each sample in a shard folder, in shard order; other members
-    are skipped over without being read."""
+    """The members named by `exts` of each sample in a shard folder, in shard order."""
     for shard in sorted(Path(folder).glob("*.tar")):
-        samples: dict[str, dict[str, bytes]] = {}
-        with tarfile.open(shard) as tar:
-            for m in tar:
-                key, _, ext = m.name.partition(".")
-                if ext in exts:
-                    samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
-        yield from samples.values()
+        yield from shard_members(shard, exts).values()
 
 
 def read_samples(folder: str | Path, limit: int | None = None) -> Iterator[tuple[bytes, str, dict]]:

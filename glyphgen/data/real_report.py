@@ -25,7 +25,6 @@ import json
 import random
 import re
 import sys
-import tarfile
 import tempfile
 import time
 from collections import Counter
@@ -34,7 +33,7 @@ from pathlib import Path
 from PIL import Image, ImageDraw, ImageFont
 
 from glyphgen.data.real_filters import Dropped, count_chars
-from glyphgen.data.shards import Sample, ShardsExistError, Skipped, foreign_entries
+from glyphgen.data.shards import Sample, ShardsExistError, Skipped, foreign_entries, shard_members
 
 REPORT_JSON = "report.json"
 REPORT_PNG = "report.png"
@@ -281,11 +280,9 @@ def _kept_images(folder: Path, picks: list[dict]) -> list[Image.Image | None]:
         path = folder / shard
         if not path.is_file():
             continue
-        with tarfile.open(path) as tar:
-            for m in tar:
-                key, _, ext = m.name.partition(".")
-                if ext == "png" and key in keys:
-                    found[shard, key] = tar.extractfile(m).read()
+        for key, parts in shard_members(path, ["png"]).items():
+            if key in keys:
+                found[shard, key] = parts["png"]
     return [
         Image.open(io.BytesIO(found[p["shard"], p["key"]])) if (p["shard"], p["key"]) in found else None
         for p in picks

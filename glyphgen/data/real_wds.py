@@ -59,6 +59,7 @@ from glyphgen.data.shards import (
     Skipped,
     read_manifest,
     resolve_workers,
+    shard_members,
     tar_record,
 )
 
@@ -297,10 +298,9 @@ def _kept_hashes(out: Path, positions: list[int]) -> set[str]:
     drops the duplicates of what it kept before it was stopped)."""
     seen = set()
     for pos in positions:
-        with tarfile.open(out / f"shard-{pos:06d}.tar") as tar:
-            for m in tar:
-                if m.name.endswith(".json") and (digest := json.load(tar.extractfile(m)).get("image_hash")):
-                    seen.add(digest)
+        for parts in shard_members(out / f"shard-{pos:06d}.tar", ["json"]).values():
+            if digest := json.loads(parts["json"]).get("image_hash"):
+                seen.add(digest)
     return seen
 
 

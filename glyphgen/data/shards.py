@@ -20,6 +20,7 @@ import os
 import re
 import shutil
 import sys
+import tarfile
 import time
 import warnings
 from collections import Counter
@@ -171,6 +172,18 @@ def check_output_folder(out: Path, overwrite: bool) -> None:
 
 MEMBERS = ["png", "txt", "json"]
 """The members of every sample glyphgen writes, in the manifest's `members`."""
+
+
+def shard_members(shard: str | Path, exts: Iterable[str]) -> dict[str, dict[str, bytes]]:
+    """{sample key: {ext: bytes}} of one glyphgen shard, in tar order, holding only the members named
+    by `exts`; the others are skipped over without being read."""
+    wanted, samples = set(exts), {}
+    with tarfile.open(shard) as tar:
+        for m in tar:
+            key, _, ext = m.name.partition(".")
+            if ext in wanted:
+                samples.setdefault(key, {})[ext] = tar.extractfile(m).read()
+    return samples
 
 
 def tar_record(sample: Sample) -> dict:
