@@ -19,7 +19,7 @@ from glyphgen.data.loader import LoaderConfig, make_loader
 from glyphgen.data.merge import merge_parts
 from glyphgen.data.real import RealConfig
 from glyphgen.data.real_wds import build_real
-from glyphgen.data.shards import read_manifest
+from glyphgen.data.shards import read_manifest, shard_members
 
 pytestmark = pytest.mark.filterwarnings("ignore:skipped")
 
@@ -56,15 +56,11 @@ def tar_hashes(folder: Path) -> dict[str, str]:
 
 def tar_samples(folder: Path) -> list[tuple[str, str, dict]]:
     """(shard, transcript, json) of every sample in the folder's tars."""
-    found = []
-    for shard in sorted(folder.glob("*.tar")):
-        with tarfile.open(shard) as tar:
-            members = {m.name: tar.extractfile(m).read() for m in tar}
-        for name in members:
-            key, _, ext = name.partition(".")
-            if ext == "json":
-                found.append((shard.name, members[f"{key}.txt"].decode(), json.loads(members[name])))
-    return found
+    return [
+        (shard.name, parts["txt"].decode(), json.loads(parts["json"]))
+        for shard in sorted(folder.glob("*.tar"))
+        for parts in shard_members(shard, ["txt", "json"]).values()
+    ]
 
 
 def loader_texts(folder: Path) -> list[str]:
