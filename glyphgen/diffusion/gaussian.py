@@ -69,9 +69,6 @@ class GaussianDiffusion:
         parameterization: str = "eps",
         loss_weighting: str = "uniform",
         min_snr_gamma: float = 5.0,
-        timestep_density: str = "uniform",
-        timestep_loc: float = 0.0,
-        timestep_scale: float = 1.0,
     ):
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
@@ -81,7 +78,6 @@ class GaussianDiffusion:
         self.parameterization = Parameterization(parameterization)
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = min_snr_gamma
-        self.timestep_density = (timestep_density, timestep_loc, timestep_scale)
         self.num_steps = len(betas)
         self.timestep_map = torch.arange(self.num_steps) if timestep_map is None else timestep_map.long()
 
@@ -139,16 +135,10 @@ class GaussianDiffusion:
         device: torch.device | str | None = None,
         generator: torch.Generator | None = None,
     ) -> Tensor:
-        """Training timesteps in [0, num_steps), int64 [batch], drawn from `generator`: uniformly, or
-        "logit_normal" (t / T = sigmoid(loc + scale * z), Esser et al. 2024), which spends more of the
-        batch in the middle of the schedule, where the word is decided."""
-        density, loc, scale = self.timestep_density
-        where = draw_device(generator, device)
-        if density == "uniform":
-            t = torch.randint(0, self.num_steps, (batch,), generator=generator, device=where)
-        else:
-            z = torch.randn(batch, generator=generator, device=where, dtype=torch.float64)
-            t = (torch.sigmoid(loc + scale * z) * self.num_steps).long().clamp(max=self.num_steps - 1)
+        """Timesteps drawn uniformly from [0, num_steps), int64 [batch], drawn from `generator`."""
+        t = torch.randint(
+            0, self.num_steps, (batch,), generator=generator, device=draw_device(generator, device)
+        )
         return t.to(device)
 
     def q_sample(self, x0: Tensor, t: Tensor, noise: Tensor | None = None) -> Tensor:
@@ -246,8 +236,7 @@ class GaussianDiffusion:
         """Per-sample hybrid loss terms [B]: "mse" (of the parameterization's target, unweighted),
         "vlb" (L_t in bits/dim, from the variance only) and "loss" = weight * mse + vlb_weight *
         num_steps * vlb (the weighted mse alone without learn_sigma, where "vlb" is still reported,
-        without gradient). Average "loss" to get the training objective. "pred_x0" [B, C, H, W] is
-        the x0 the output implies (unclipped, with gradient), for losses on the predicted image."""
+        without gradient). Average "loss" to get the training objective."""
         noise = torch.randn_like(x0) if noise is None else noise
         x_t = self.q_sample(x0, t, noise)
         output = model(x_t, self.model_timesteps(t), **(model_kwargs or {}))
@@ -265,8 +254,7 @@ class GaussianDiffusion:
             loss = weighted + self.vlb_weight * self.num_steps * vlb
         else:
             vlb, loss = vlb.detach(), weighted
-        pred_x0 = self.parameterization.x0(output[:, :channels], x_t, t, self)
-        return {"loss": loss, "mse": mse, "vlb": vlb, "pred_x0": pred_x0}
+        return {"loss": loss, "mse": mse, "vlb": vlb}
 
     def respace(self, spec: str) -> GaussianDiffusion:
         """This diffusion restricted to the steps `space_timesteps(num_steps, spec)` keeps: betas are
@@ -333,8 +321,5 @@ def create_diffusion(cfg: DiffusionConfig, steps_spec: str | None = None) -> Gau
         parameterization=cfg.parameterization,
         loss_weighting=cfg.loss_weighting,
         min_snr_gamma=cfg.min_snr_gamma,
-        timestep_density=cfg.timestep_density,
-        timestep_loc=cfg.timestep_loc,
-        timestep_scale=cfg.timestep_scale,
     )
     return diffusion if steps_spec is None else diffusion.respace(steps_spec)

@@ -25,13 +25,6 @@ class Schedule(Choice):
     linear = "linear"
 
 
-class TimestepDensity(Choice):
-    """How training draws its timesteps (`DiffusionConfig.timestep_density`)."""
-
-    uniform = "uniform"
-    logit_normal = "logit_normal"
-
-
 class Sampler(Choice):
     """Samplers; `sampling.SAMPLE_LOOPS` holds the loop of each."""
 
@@ -153,13 +146,6 @@ class DiffusionConfig:
     SNR / (1 + SNR)), each expressed for the parameterization's target."""
     min_snr_gamma: float = 5.0
     """Gamma of min-SNR weighting: the SNR above which steps stop gaining weight."""
-    timestep_density: TimestepDensity = TimestepDensity.uniform
-    """How training draws timesteps: "uniform" over [0, T), or "logit_normal" (t / T =
-    sigmoid(timestep_loc + timestep_scale * z), z standard normal; Esser et al. 2024)."""
-    timestep_loc: float = 0.0
-    """Logit-normal location: 0 centres the draws on t = T/2, 0.5 on about 0.62 T."""
-    timestep_scale: float = 1.0
-    """Logit-normal scale: larger spreads the draws towards both ends of the schedule."""
     learn_sigma: bool = True
     """The model also outputs a variance interpolation (2*C output channels) trained by the VLB."""
     vlb_weight: float = 0.001
@@ -195,13 +181,6 @@ class DiffusionConfig:
             "needs parameterization v or x0 (eps cannot give x0 where the signal is zero)",
         )
         self.loss_weighting = Weighting.parse(self.loss_weighting, "loss_weighting")
-        self.timestep_density = TimestepDensity.parse(self.timestep_density, "timestep_density")
-        require(math.isfinite(self.timestep_loc), "timestep_loc", f"must be finite, got {self.timestep_loc}")
-        require(
-            0 < self.timestep_scale <= 10,
-            "timestep_scale",
-            f"must be in (0, 10], got {self.timestep_scale}",
-        )
         require(self.min_snr_gamma > 0, "min_snr_gamma", f"must be > 0, got {self.min_snr_gamma}")
         require(self.vlb_weight >= 0, "vlb_weight", f"must be >= 0, got {self.vlb_weight}")
         require(0 <= self.p_uncond <= 1, "p_uncond", f"must be in [0, 1], got {self.p_uncond}")

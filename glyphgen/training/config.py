@@ -175,15 +175,6 @@ class StageConfig:
     """Weight of the character localisation loss (0: off): each character token's image-to-text
     attention in the weave layers is pulled onto its ink box. Needs weave attention and shards that
     store `char_boxes` (synthetic ones do); samples without boxes add nothing."""
-    ocr_loss: float = 0.0
-    """Weight of the OCR loss (0: off): the frozen OCR recogniser reads the word cut out of the
-    predicted x0 of some samples, and its CTC loss against the transcript is added. Needs shards
-    that store `char_boxes` (synthetic ones do); samples without boxes add nothing."""
-    ocr_loss_samples: int = 8
-    """Samples of each batch the OCR loss reads (the recogniser costs about as much as the model)."""
-    ocr_loss_t: list[float] = field(default_factory=lambda: [0.2, 0.8])
-    """Timesteps, as fractions of T, whose samples the OCR loss reads: nearly clean images read
-    already, and from nearly pure noise the predicted image is the mean of every word."""
     init_from: str | None = None
     """Checkpoint to warm-start from (weights only; set by the pipeline for stages 2 and 3)."""
     init_model_size: str | None = None
@@ -191,13 +182,6 @@ class StageConfig:
 
     def __post_init__(self):
         require(self.localisation >= 0, "localisation", f"must be >= 0, got {self.localisation}")
-        require(self.ocr_loss >= 0, "ocr_loss", f"must be >= 0, got {self.ocr_loss}")
-        require(self.ocr_loss_samples >= 1, "ocr_loss_samples", f"must be >= 1, got {self.ocr_loss_samples}")
-        require(
-            len(self.ocr_loss_t) == 2 and 0 <= self.ocr_loss_t[0] < self.ocr_loss_t[1] <= 1,
-            "ocr_loss_t",
-            f"must be [low, high] with 0 <= low < high <= 1, got {self.ocr_loss_t}",
-        )
         self.stage = Stage.parse(self.stage, "stage")
         require(
             self.model_size in MODELS,

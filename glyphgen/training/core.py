@@ -27,7 +27,6 @@ from glyphgen.diffusion.pixels import to_uint8, to_unit
 from glyphgen.models.localisation import localisation_loss, recording_attention
 from glyphgen.models.registry import sized_model_config
 from glyphgen.models.unet import UNet, UNetConfig
-from glyphgen.ocr.recogniser import ocr_loss
 from glyphgen.text.alphabet import NULL
 from glyphgen.text.tokenizer import CharTokenizer, TokenizerConfig
 from glyphgen.training.checkpoints import network_state, read_checkpoint
@@ -79,7 +78,6 @@ class DiffusionCore(L.LightningModule):
         self._ema_count = 0  # ema_updates mirrored on the host: the decay needs it every step
         object.__setattr__(self, "_net", self.model)  # the network as training calls it (see configure_model)
         self._loader = None
-        self._recogniser = None  # the OCR loss's critic, loaded on its first use
 
     # -- setup ----------------------------------------------------------------------------------------
 
@@ -94,8 +92,7 @@ class DiffusionCore(L.LightningModule):
     def loader_config(self) -> LoaderConfig:
         """The stage's data stream (at the model's resolution: `StageConfig` sees to it)."""
         return dataclasses.replace(
-            self.cfg.data,
-            char_boxes=self.cfg.data.char_boxes or self.cfg.localisation > 0 or self.cfg.ocr_loss > 0,
+            self.cfg.data, char_boxes=self.cfg.data.char_boxes or self.cfg.localisation > 0
         )
 
     def train_dataloader(self):
@@ -147,23 +144,12 @@ class DiffusionCore(L.LightningModule):
         if localise:
             terms["localisation"] = localisation_loss(maps, self._kept_boxes(batch, tokens))
             terms["loss"] = terms["loss"] + self.cfg.localisation * terms["localisation"]
-        if self.cfg.ocr_loss > 0 and "boxes" in batch:
-            terms["ocr"] = self._ocr_term(terms["pred_x0"], self._kept_boxes(batch, tokens), batch["text"], t)
-            terms["loss"] = terms["loss"] + self.cfg.ocr_loss * terms["ocr"]
         loss = terms["loss"].mean()
         self.data_position = batch.get("position")
         if self._non_finite(loss, batch_idx, batch):
             return None  # nan_policy=skip: no optimizer step for this batch, on every rank
         self._log_terms(terms, t, loss, x0.shape[0])
         return loss
-
-    def _ocr_term(self, pred_x0: torch.Tensor, boxes: torch.Tensor, texts: list[str], t: torch.Tensor):
-        if self._recogniser is None:  # loaded on first use; not a submodule, so never checkpointed
-            from glyphgen.ocr.recogniser import TextRecogniser
-
-            object.__setattr__(self, "_recogniser", TextRecogniser().to(pred_x0.device))
-        window = [f * self.diffusion.num_steps for f in self.cfg.ocr_loss_t]
-        return ocr_loss(self._recogniser, pred_x0, boxes, texts, t, window, self.cfg.ocr_loss_samples)
 
     @staticmethod
     def _kept_boxes(batch: dict, tokens: torch.Tensor) -> torch.Tensor:
@@ -201,9 +187,6 @@ class DiffusionCore(L.LightningModule):
         self.log("train/vlb", terms["vlb"].mean(), batch_size=batch)
         if "localisation" in terms:
             self.log("train/localisation", terms["localisation"].mean(), batch_size=batch)
-        if "ocr" in terms:
-            read = terms["ocr"] > 0
-            self.log("train/ocr", terms["ocr"].sum() / read.sum().clamp(min=1), batch_size=batch)
         if (self.global_step + 1) % self.trainer.log_every_n_steps == 0:
             self._log_quartiles(terms["loss"].detach(), t)
 
