@@ -64,7 +64,7 @@ quality-cpu: $(STAMP)
 	$(GLYPHGEN) quality --pipeline pipelines/quality-cpu.yaml --budget $(or $(BUDGET),2m) $(if $(NAME),--name $(NAME)) \
 		--max-prompts 8 --n 1 --steps ddim25 --batch-size 8 --device cpu $(ARGS)
 
-# Does the text conditioning learn? The tiny model on 12 short words for 15 CPU minutes, scored by
+# Does the text conditioning learn? The micro model on 12 short words for 15 CPU minutes, scored by
 # OCR on those words (BENCHMARKS.md "Learning check"). GLIDE: make learn-cpu NAME=learn-cpu-glide
 # ARGS="model.text_attention=glide"
 learn-cpu: $(STAMP)

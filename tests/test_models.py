@@ -139,10 +139,10 @@ def test_none_mode_ignores_text_and_superres_needs_low_res():
         tiny(name="tiny-sr")(torch.randn(1, 3, 64, 64), t, *TOK.batch(["a"]))
 
 
-@pytest.mark.parametrize("sr_name", ["tiny-sr", "sr256"])
+@pytest.mark.parametrize("sr_name", ["tiny-sr", "micro-sr", "sr256"])
 def test_sandwich_warm_start_report_is_exact(sr_name):
     base_name = SANDWICH_BASE[sr_name]
-    device = "cpu" if sr_name == "tiny-sr" else "meta"
+    device = "meta" if sr_name == "sr256" else "cpu"
     with torch.device(device):
         base, sr = create_model(base_name), create_model(sr_name)
     if device == "cpu":
