@@ -97,7 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     info = verbs.add_parser("model-info", help="parameters and forward FLOPs of a model size")
-    info.add_argument("size", help="a named size (tiny, tiny-sr, base64, base128, sr256) or a model YAML")
+    info.add_argument(
+        "size", help="a named size (tiny, tiny-sr, micro, micro-sr, base64, base128, sr256) or a model YAML"
+    )
     info.add_argument("--text-length", type=int, default=64, help="text tokens in the FLOP count")
     info.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="model config overrides")
 
@@ -433,8 +435,21 @@ COMMANDS = {
 }
 
 
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    """The parsed command line. argparse fills a trailing `KEY=VALUE ...` positional only up to the
+    first option, so overrides written after an option come back unrecognised: they join the
+    overrides, in order. Anything else unrecognised is still an error."""
+    parser = build_parser()
+    args, extra = parser.parse_known_args(argv)
+    if extra:
+        if not hasattr(args, "overrides") or any(a.startswith("-") or "=" not in a for a in extra):
+            parser.error(f"unrecognized arguments: {' '.join(extra)}")
+        args.overrides = [*args.overrides, *extra]
+    return args
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    args = parse_args(argv)
     try:
         COMMANDS[args.verb](args)
     except (

@@ -173,3 +173,26 @@ def test_stored_configs_with_plain_strings_load_and_save_unchanged(tmp_path):
     stage = load_config(StageConfig, values=stored)
     assert (stage.stage, stage.trainer.nan_policy) == (Stage.finetune_real, NanPolicy.skip)
     assert to_dict(stage)["stage"] == "finetune-real" and to_dict(stage)["diffusion"]["sampler"] == "ddpm"
+
+
+def test_cli_overrides_may_follow_options(capsys):
+    from glyphgen.cli import main, parse_args
+
+    args = parse_args(["pipeline", "p.yaml", "a=1", "--stage", "s", "b=2", "--set", "run_root=r", "c=3"])
+    assert (args.overrides, args.stage, args.set) == (["a=1", "b=2", "c=3"], "s", ["run_root=r"])
+    # The model-info table shows the override took effect whichever side of the option it is on.
+    tables = []
+    for argv in (
+        ["micro", "model_channels=8", "--text-length", "8"],
+        ["micro", "--text-length", "8", "model_channels=8"],
+    ):
+        assert main(["model-info", *argv]) == 0
+        tables.append(capsys.readouterr().out)
+    assert main(["model-info", "micro", "--text-length", "8"]) == 0
+    assert tables[0] == tables[1] != capsys.readouterr().out
+    for stray in (["--bogus"], ["loose-word"]):  # anything but KEY=VALUE is still refused
+        with pytest.raises(SystemExit):
+            parse_args(["pipeline", "p.yaml", "--stage", "s", *stray])
+        assert stray[0] in capsys.readouterr().err
+    with pytest.raises(SystemExit):  # a verb without overrides takes none
+        parse_args(["export", "c.ckpt", "--out", "b", "a=1"])
