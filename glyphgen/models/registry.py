@@ -49,7 +49,7 @@ def tiny_sr() -> UNetConfig:
 def micro() -> UNetConfig:
     """`tiny` at half the width (16 channels, 0.67M parameters) with self-attention only at 8x8: the
     CPU learning rungs. On 2 cores a step costs 0.32 of tiny's and learns about as much, so it
-    writes sooner per second (BENCHMARKS.md "A narrower model learns more per second")."""
+    writes sooner per second (BENCHMARKS.md "The rung on one day")."""
     return dataclasses.replace(tiny(), model_channels=16, attention_resolutions=[8])
 
 
