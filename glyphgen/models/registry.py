@@ -23,7 +23,7 @@ def _tiny_text() -> TextEncoderConfig:
 
 
 def tiny() -> UNetConfig:
-    """32 px, 1.9M parameters: tests and the CPU demo pipeline."""
+    """32 px, 1.9M parameters: the tests, and the GPU ablation rows measured so far."""
     return UNetConfig(
         resolution=32,
         model_channels=32,
@@ -48,8 +48,8 @@ def tiny_sr() -> UNetConfig:
 
 def micro() -> UNetConfig:
     """`tiny` at half the width (16 channels, 0.67M parameters) with self-attention only at 8x8: the
-    CPU learning rungs. On 2 cores a step costs 0.32 of tiny's and learns about as much, so it
-    writes sooner per second (BENCHMARKS.md "The rung on one day")."""
+    CPU pipeline and learning rungs. On 2 cores a step costs 0.32 of tiny's and learns about as
+    much, so it writes sooner per second (BENCHMARKS.md "The rung on one day")."""
     return dataclasses.replace(tiny(), model_channels=16, attention_resolutions=[8])
 
 
