@@ -17,6 +17,7 @@ from glyphgen.checkpoint_io import NETWORKS, Networks
 from glyphgen.config import ConfigError, load_config
 from glyphgen.diffusion.options import SamplingOptions
 from glyphgen.diffusion.schedule import Sampler
+from glyphgen.models.registry import MODELS, model_config
 
 
 def _config_args(p: argparse.ArgumentParser) -> None:
@@ -97,9 +98,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
 
     info = verbs.add_parser("model-info", help="parameters and forward FLOPs of a model size")
-    info.add_argument(
-        "size", help="a named size (tiny, tiny-sr, micro, micro-sr, base64, base128, sr256) or a model YAML"
-    )
+    info.add_argument("size", help=f"a named size ({', '.join(MODELS)}) or a model YAML")
     info.add_argument("--text-length", type=int, default=64, help="text tokens in the FLOP count")
     info.add_argument("overrides", nargs="*", metavar="KEY=VALUE", help="model config overrides")
 
@@ -272,7 +271,6 @@ def cmd_model_info(args) -> None:
     import torch
 
     from glyphgen.models.info import model_info
-    from glyphgen.models.registry import MODELS, model_config
     from glyphgen.models.unet import UNet, UNetConfig
 
     if args.size in MODELS:
