@@ -1,5 +1,6 @@
 """bench/run.py at tiny scale on the CPU: the timing helper, the matmul peak, the model, sampling and
-data benches, the table printer and the data-headroom arithmetic."""
+data benches, the table printer and the data-headroom arithmetic; text_gap's pairing and gap; the
+ablation's scoring settings and learning-curve checkpoints."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
+import ablate  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
 import text_gap  # noqa: E402
@@ -172,3 +174,21 @@ def test_text_gap_is_zero_exactly_when_the_model_ignores_its_text(mode):
     gaps = text_gap.text_gap(bundle, {**batch, "text": texts}, [300, 700], seed=0)
     for right, wrong in gaps.values():
         assert (wrong == right) if mode == "none" else (wrong != right)
+
+
+def test_ablation_settings_parse_sampler_steps_and_optional_guidance():
+    assert ablate.parse_setting("dpmpp2m:ddim25") == {"sampler": "dpmpp2m", "steps": "ddim25"}
+    assert ablate.parse_setting("ddpm:25:5") == {"sampler": "ddpm", "steps": "25", "guidance": 5.0}
+    for bad in ("ddpm", "ddpm:", ":25", "ddpm:25:5:1"):
+        with pytest.raises(SystemExit, match="SAMPLER:STEPS"):
+            ablate.parse_setting(bad)
+
+
+def test_ablation_curve_takes_every_nth_step_checkpoint_in_order(tmp_path):
+    folder = tmp_path / "pretrain-synthetic" / "checkpoints"
+    folder.mkdir(parents=True)
+    for name in ("step-0001500.ckpt", "step-0000500.ckpt", "step-0001000.ckpt", "last.ckpt", "final.ckpt"):
+        (folder / name).touch()
+    assert [s for s, _ in ablate.checkpoints(tmp_path, 500)] == [500, 1000, 1500]
+    assert [p.name for _, p in ablate.checkpoints(tmp_path, 1000)] == ["step-0001000.ckpt"]
+    assert ablate.checkpoints(tmp_path, 0) == []
