@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import warnings
 from pathlib import Path
@@ -130,6 +131,17 @@ def test_exclude_by_name_substring(tmp_path):
     build_font(tmp_path / "b.ttf", "abc", name="DropMe-Regular")
     cfg = FontConfig(font_dirs=[str(tmp_path)], system_fonts=False, package_fonts=False, exclude=["dropme"])
     assert [f.name for f in discover_fonts(cfg, DEFAULT_ALPHABET)] == ["KeepMe-Regular"]
+
+
+def test_include_keeps_only_the_named_fonts_and_says_when_none_matches(tmp_path):
+    build_font(tmp_path / "a.ttf", "abc", name="KeepMe-Regular")
+    build_font(tmp_path / "b.ttf", "abc", name="KeepMe-Bold")
+    build_font(tmp_path / "c.ttf", "abc", name="Other-Regular")
+    cfg = FontConfig(font_dirs=[str(tmp_path)], system_fonts=False, package_fonts=False, exclude=[])
+    keep = dataclasses.replace(cfg, include=["keepme"], exclude=["bold"])
+    assert [f.name for f in discover_fonts(keep, DEFAULT_ALPHABET)] == ["KeepMe-Regular"]
+    with pytest.raises(ValueError, match=r"fonts\.include \['Nowhere'\]"):
+        discover_fonts(dataclasses.replace(cfg, include=["Nowhere"]), DEFAULT_ALPHABET)
 
 
 def test_font_table_lists_coverage_and_missing_characters(tmp_path):

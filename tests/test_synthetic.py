@@ -51,6 +51,18 @@ def test_samples_decode_and_all_ink_lies_inside_the_margins(resolution):
         assert all(line and line == line.strip() for line in sample.text.split("\n"))
 
 
+def test_background_range_and_zero_jitter_give_centred_text_on_light_paper():
+    r = renderer(resolution=64, render=RenderConfig(background=(230, 255), jitter=0.0))
+    for i in range(30):
+        sample = r.render_sample(i)
+        meta, pixels = sample.meta, np.asarray(Image.open(io.BytesIO(sample.png)))
+        assert 230 <= meta["background"] <= 255 and meta["foreground"] <= meta["background"] - 96
+        ys, xs = np.nonzero(pixels != meta["background"])
+        # Centred up to rounding of the free space (and the ink box's own odd pixel).
+        assert abs((xs.min() + xs.max() + 1) / 2 - 32) <= 1, sample.text
+        assert abs((ys.min() + ys.max() + 1) / 2 - 32) <= 1, sample.text
+
+
 @pytest.mark.parametrize("resolution", [64, 128])
 def test_character_boxes_hold_the_ink_of_their_characters(resolution):
     r = renderer(resolution=resolution)
@@ -162,6 +174,8 @@ def test_preview_grid_is_written(tmp_path):
         ("render.alignment.left=-2", "render.alignment.left"),
         ("render.text_height=[0.5,0.1]", "render.text_height"),
         ("render.min_contrast=200", "render.min_contrast"),
+        ("render.background=[200,100]", "render.background"),
+        ("render.jitter=1.5", "render.jitter"),
         ("fonts.font_dirs=[/no/such/fonts]", "fonts.font_dirs.0"),
         ("count=0", "count"),
     ],

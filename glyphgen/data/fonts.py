@@ -47,6 +47,9 @@ class FontConfig:
     """Also scan the standard system font folders (Linux, macOS, Windows) that exist here."""
     package_fonts: bool = True
     """Also use fonts shipped inside installed PyPI distributions named `font-*` (e.g. font-lato)."""
+    include: list[str] = field(default_factory=list)
+    """Use only fonts whose postscript name or file name contains one of these (case-insensitive),
+    e.g. ["Roboto-Bold"] for a single face; empty: every font found. `exclude` still applies."""
     exclude: list[str] = field(default_factory=lambda: ["AmaticSC", "Hairline"])
     """Skip fonts whose postscript name or file name contains any of these (case-insensitive).
     Default: small-caps faces (they draw lower case as capitals, so the transcript's case would be
@@ -147,15 +150,23 @@ def _prefer(a: FontInfo, b: FontInfo) -> FontInfo:
     return min(a, b, key=lambda f: (not f.path.lower().endswith(".ttf"), f.path))
 
 
-def _excluded(info: FontInfo, exclude: list[str]) -> bool:
+def _named(info: FontInfo, parts: list[str]) -> bool:
+    """Whether the font's postscript name or file name contains any of `parts` (case-insensitive)."""
     hay = f"{info.name} {Path(info.path).name}".lower()
-    return any(x.lower() in hay for x in exclude)
+    return any(x.lower() in hay for x in parts)
 
 
 def discover_fonts(cfg: FontConfig, alphabet: str) -> list[FontInfo]:
     """Every usable font face, deduplicated by postscript name, sorted by name then path.
     Results are cached in-process. Raises ValueError when no usable font is found."""
-    key = (tuple(cfg.font_dirs), cfg.system_fonts, cfg.package_fonts, tuple(cfg.exclude), alphabet)
+    key = (
+        tuple(cfg.font_dirs),
+        cfg.system_fonts,
+        cfg.package_fonts,
+        tuple(cfg.include),
+        tuple(cfg.exclude),
+        alphabet,
+    )
     if key in _DISCOVER_CACHE:
         return list(_DISCOVER_CACHE[key])
     groups: list[tuple[str | None, list[Path]]] = [
@@ -179,12 +190,14 @@ def discover_fonts(cfg: FontConfig, alphabet: str) -> list[FontInfo]:
             if info is None:
                 continue
             usable += 1
-            if not _excluded(info, cfg.exclude):
+            if (not cfg.include or _named(info, cfg.include)) and not _named(info, cfg.exclude):
                 by_name[info.name] = _prefer(by_name[info.name], info) if info.name in by_name else info
         if folder is not None and usable == 0:
             warnings.warn(f"font folder {folder} holds no usable .ttf/.otf/.ttc fonts", stacklevel=2)
 
     fonts = sorted(by_name.values(), key=lambda f: (f.name, f.path))
+    if not fonts and cfg.include:
+        raise ValueError(f"no usable font matches fonts.include {list(cfg.include)}: see `glyphgen fonts`")
     if not fonts:
         raise ValueError(
             "no usable fonts found: install a font package (pip install font-roboto), "

@@ -67,6 +67,12 @@ class RenderConfig:
     """Range of the baseline-to-baseline distance, as a multiple of the font size."""
     min_contrast: int = 96
     """Smallest |text lightness - background lightness| on the 0-255 scale (background is uniform)."""
+    background: tuple[int, int] = (0, 255)
+    """Range of the background lightness (0-255), drawn uniformly; (255, 255): white paper. The text's
+    lightness is then drawn uniformly among those at least `min_contrast` away."""
+    jitter: float = 1.0
+    """How far from the centre the text may be placed, as a fraction of the free space around it
+    inside the margins: 1 anywhere, 0 always centred."""
     alignment: AlignmentWeights = field(default_factory=AlignmentWeights)
     """Relative weight of each alignment of the lines of a multi-line text."""
     margin: float = 0.04
@@ -87,6 +93,11 @@ class RenderConfig:
         require(
             0 <= self.min_contrast <= 128, "min_contrast", f"must be in [0, 128], got {self.min_contrast}"
         )
+        lo, hi = self.background
+        require(
+            0 <= lo <= hi <= 255, "background", f"need 0 <= min <= max <= 255, got {tuple(self.background)}"
+        )
+        require(0 <= self.jitter <= 1, "jitter", f"must be in [0, 1], got {self.jitter}")
         require(0 <= self.margin < 0.25, "margin", f"must be in [0, 0.25), got {self.margin}")
         require(0 <= self.wrap <= 1, "wrap", f"is a probability, got {self.wrap}")
         weights = dataclasses.astuple(self.alignment)
@@ -283,6 +294,12 @@ class SyntheticRenderer:
                 return None
             size = smaller
 
+    def _span(self, free: int) -> tuple[int, int]:
+        """First and last position of a text with `free` pixels to spare inside the margins: the
+        middle `jitter` of that room."""
+        keep = math.floor(free * (1 - self.style.jitter) / 2)  # 2 * keep <= free: never an empty range
+        return self.margin + keep, self.margin + free - keep
+
     def render_sample(self, index: int) -> Sample | Skipped:
         rng = random.Random(f"glyphgen-synthetic:{self.cfg.seed}:{index}")
         for _ in range(_ATTEMPTS):
@@ -297,11 +314,11 @@ class SyntheticRenderer:
         return Skipped("text does not fit", f"sample {index}: no text fitted in {_ATTEMPTS} attempts")
 
     def _draw(self, rng: random.Random, index: int, layout: Layout, font: FontInfo, source: str) -> Sample:
-        background = rng.randrange(256)
+        background = rng.randint(*self.style.background)  # the default draws as randrange(256) did
         foreground = contrasting(rng, background, self.style.min_contrast)
         align = rng.choices(ALIGNMENTS, self._align_weights)[0]
-        left = rng.randint(self.margin, self.margin + self.avail - layout.width)
-        top = rng.randint(self.margin, self.margin + self.avail - layout.height)
+        left = rng.randint(*self._span(self.avail - layout.width))
+        top = rng.randint(*self._span(self.avail - layout.height))
         image = Image.new("L", (self.res, self.res), background)
         draw = ImageDraw.Draw(image)
         char_boxes: list[list[int] | None] = []
