@@ -82,7 +82,7 @@ def checkpoints(run: Path, every: int) -> list[tuple[int, Path]]:
     return sorted((step, p) for step, p in found if every and step % every == 0)
 
 
-def score_point(variant: str, run: Path, step: int | None, ckpt: Path | None, args) -> list[dict]:
+def score_point(run: Path, step: int | None, ckpt: Path | None, args) -> list[dict]:
     """Score one model of a run (the final bundle, or the EMA weights of the step checkpoint `ckpt`)
     under every setting of `args.samplers`. Runs in its own process: one OCR engine each."""
     from glyphgen.eval.prompts import read_prompts
@@ -113,10 +113,10 @@ def score(args, variants: list[str], runs: list[Path]) -> list[dict]:
         final = json.loads(next(run.glob("*/complete.json")).read_text()).get("step")
         results.append({"variant": variant, "overrides": VARIANTS[variant], "step": final, "rows": []})
         points = [(s, c) for s, c in checkpoints(run, args.every) if s != final] + [(final, None)]
-        tasks += [(len(results) - 1, variant, run, step, ckpt) for step, ckpt in points]
+        tasks += [(len(results) - 1, run, step, ckpt) for step, ckpt in points]
     # spawn, not fork: a forked child would inherit CUDA and onnxruntime state it cannot use.
     with ProcessPoolExecutor(args.score_jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
-        futures = [(i, pool.submit(score_point, v, run, s, c, args)) for i, v, run, s, c in tasks]
+        futures = [(i, pool.submit(score_point, run, s, c, args)) for i, run, s, c in tasks]
         for i, future in futures:
             results[i]["rows"] += future.result()
     return results

@@ -49,7 +49,7 @@ class FontConfig:
     """Also use fonts shipped inside installed PyPI distributions named `font-*` (e.g. font-lato)."""
     include: list[str] = field(default_factory=list)
     """Use only fonts whose postscript name or file name contains one of these (case-insensitive),
-    e.g. ["Roboto-Bold"] for a single face; empty: every font found. `exclude` still applies."""
+    e.g. ["FredokaOne"] for a single face; empty: every font found. `exclude` still applies."""
     exclude: list[str] = field(default_factory=lambda: ["AmaticSC", "Hairline"])
     """Skip fonts whose postscript name or file name contains any of these (case-insensitive).
     Default: small-caps faces (they draw lower case as capitals, so the transcript's case would be
