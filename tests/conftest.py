@@ -23,9 +23,11 @@ def text_image(text: str, size: int = 32, mode: str = "L") -> Image.Image:
     return img
 
 
-def write_shards(folder, n: int, maxcount: int, size: int = 32, mode: str = "L") -> list[str]:
-    """`n` samples in shards of `maxcount`; sample j has key `k{j:05d}` and transcript `t{j}`."""
-    texts = [f"t{j}" for j in range(n)]
+def write_shards(
+    folder, n: int, maxcount: int, size: int = 32, mode: str = "L", prefix: str = "t"
+) -> list[str]:
+    """`n` samples in shards of `maxcount`; sample j has key `k{j:05d}` and transcript `{prefix}{j}`."""
+    texts = [f"{prefix}{j}" for j in range(n)]
     with ShardOutput(folder, maxcount=maxcount) as out:
         for j, text in enumerate(texts):
             out.write(Sample(f"k{j:05d}", png_bytes(text_image(text, size, mode)), text))

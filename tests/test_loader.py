@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import io
 import json
+import re
 import tarfile
 import warnings
 
@@ -170,6 +171,50 @@ def test_resume_mid_epoch_continues_the_same_stream(tmp_path, workers):
     assert [b["text"] for b in after] == [b["text"] for b in epoch1[5:]]
     assert epoch0[0]["position"] == (0, 0)
     assert [b["text"] for b in epoch0] != [b["text"] for b in epoch1]
+
+
+def _replay_cfg(tmp_path, **kw) -> LoaderConfig:
+    write_shards(tmp_path / "own", 24, maxcount=4)
+    write_shards(tmp_path / "old", 10, maxcount=5, size=64, prefix="r")  # another stage's size
+    kw = {"resolution": 32, "batch_size": 4, "shuffle_buffer": 6, "replay_fraction": 0.25, **kw}
+    return LoaderConfig(shards=str(tmp_path / "own"), replay=str(tmp_path / "old"), **kw)
+
+
+def test_replay_puts_a_fixed_share_of_old_data_in_every_batch(tmp_path):
+    loader = make_loader(_replay_cfg(tmp_path, num_workers=0))
+    epoch = list(loader)
+    assert len(loader) == len(epoch) == 8  # counted over the stage's own 24 samples, 3 per batch
+    for batch in epoch:
+        assert sorted(t[0] for t in batch["text"]) == ["r", "t", "t", "t"]
+        assert batch["image"].shape == (4, 3, 32, 32)
+    own = [t for b in epoch for t in b["text"] if t[0] == "t"]
+    assert sorted(own) == sorted(f"t{j}" for j in range(24))  # every own sample once per epoch
+    assert len({t for b in epoch for t in b["text"] if t[0] == "r"}) > 1
+
+
+def test_replay_resumes_mid_epoch_on_the_same_stream(tmp_path):
+    cfg = _replay_cfg(tmp_path, num_workers=2, replay_fraction=0.5)
+    uninterrupted = make_loader(cfg)
+    list(uninterrupted)
+    epoch1 = list(uninterrupted)
+    resumed = make_loader(cfg, epoch_fn=lambda: 1)
+    resumed.resume(1, 2)
+    assert [b["text"] for b in resumed] == [b["text"] for b in epoch1[2:]]
+
+
+@pytest.mark.parametrize(
+    ("fraction", "says"), [(0.0, "must be in (0, 1)"), (1.0, "must be in (0, 1)"), (0.9, "leaves no sample")]
+)
+def test_replay_fraction_is_checked(tmp_path, fraction, says):
+    with pytest.raises(ValueError, match=rf"replay_fraction.*{re.escape(says)}"):
+        LoaderConfig(shards="s", replay="r", batch_size=4, replay_fraction=fraction)
+
+
+def test_a_missing_replay_folder_is_named(tmp_path):
+    write_shards(tmp_path / "own", 8, maxcount=4)
+    cfg = LoaderConfig(shards=str(tmp_path / "own"), replay=str(tmp_path / "gone"), batch_size=2)
+    with pytest.raises(FileNotFoundError, match="gone: no such shard folder"):
+        make_loader(cfg)
 
 
 # -- a shard folder is data: its manifest names files inside it, and is checked before anything runs --

@@ -14,14 +14,8 @@ from collections import Counter
 import torch
 import webdataset as wds
 
-from glyphgen.data.loader import (
-    LoaderConfig,
-    NoDataError,
-    SkipCounter,
-    decode_sample,
-    resolve_shards,
-    shard_names,
-)
+from glyphgen.data.loader import LoaderConfig, decode_sample
+from glyphgen.data.shard_list import NoDataError, SkipCounter, resolve_shards, shard_names
 
 
 class OnePass(torch.utils.data.IterableDataset):

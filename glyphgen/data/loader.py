@@ -8,6 +8,8 @@ the WebDataset and Lightning behaviours this module is built around):
   batches each epoch and DDP never waits on a rank that ran dry. Each worker reads its own shards
   pass after pass, so even a corrupt shard cannot put a rank out of step.
 - `resampled=True`: every worker draws shards with replacement; the epoch length is set, not counted.
+A `replay` spec adds a fixed number of samples per batch drawn with replacement from other shards
+(an earlier stage's data), so a finetune keeps practising what the model already knows.
 
 Every random choice is seeded by (seed, rank, worker, epoch), so an epoch is reproducible and a
 resumed run can skip exactly the batches it already trained on (`StreamLoader.resume`).
@@ -28,15 +30,12 @@ import contextlib
 import io
 import itertools
 import json
-import math
 import random
-import reprlib
 import signal
 import threading
 import warnings
 from collections import Counter
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 import torch
@@ -45,7 +44,8 @@ from PIL import Image
 
 from glyphgen.config import require
 from glyphgen.data.images import resize_center_crop, to_rgb
-from glyphgen.data.shards import MANIFEST, MAX_WORKERS, read_manifest
+from glyphgen.data.shard_list import NoDataError, SkipCounter, resolve_shards, shard_names
+from glyphgen.data.shards import MAX_WORKERS
 from glyphgen.text.tokenizer import CharTokenizer
 
 
@@ -75,6 +75,12 @@ class LoaderConfig:
     char_boxes: bool = False
     """Also read each sample's per-character ink boxes (synthetic shards store them) into batches as
     `boxes` [B, L, 4], aligned with the tokens, for the character localisation loss."""
+    replay: str | None = None
+    """A second shard folder or pattern mixed into every batch, drawn with replacement: an earlier
+    stage's data (stage 1's synthetic text while finetuning on photos), so that what the model
+    learned there is practised, not forgotten. The epoch is counted over `shards` alone."""
+    replay_fraction: float = 0.25
+    """Share of each batch taken from `replay` (rounded to whole samples, at least one)."""
 
     def __post_init__(self):
         require(self.channels in (1, 3), "channels", f"must be 1 or 3, got {self.channels}")
@@ -87,107 +93,20 @@ class LoaderConfig:
         require(self.resolution >= 8, "resolution", f"must be >= 8, got {self.resolution}")
         require(self.shuffle_buffer >= 0, "shuffle_buffer", "must be >= 0")
         require(self.epoch_batches is None or self.epoch_batches > 0, "epoch_batches", "must be > 0")
+        require(
+            0 < self.replay_fraction < 1, "replay_fraction", f"must be in (0, 1), got {self.replay_fraction}"
+        )
+        if self.replay:
+            require(
+                self.replay_per_batch < self.batch_size,
+                "replay_fraction",
+                f"{self.replay_fraction} of batch_size={self.batch_size} leaves no sample of `shards`",
+            )
 
-
-class NoDataError(RuntimeError):
-    """No sample is left to read: every shard is empty, missing or corrupt."""
-
-
-class SkipCounter:
-    """Error handler for WebDataset stages and decoding: counts the skip by exception type, warns
-    about the first ten and then every power of ten (naming the shard when known), keeps going."""
-
-    def __init__(self):
-        self.counts: Counter = Counter()
-
-    def __call__(self, exn: Exception) -> bool:
-        self.counts[type(exn).__name__] += 1
-        total = sum(self.counts.values())
-        if total <= 10 or math.log10(total).is_integer():
-            warnings.warn(f"skipped corrupt data ({total} so far in this stream): {exn}", stacklevel=2)
-        return True
-
-
-def shard_names(urls: list[str], shown: int = 4) -> str:
-    """The last path part of each shard, the first `shown` of them: for one-line messages."""
-    names = [u.rsplit("/", 1)[-1] for u in urls]
-    more = f" and {len(names) - shown} more" if len(names) > shown else ""
-    return ", ".join(names[:shown]) + more
-
-
-@dataclass
-class Shards:
-    """What a shard spec resolves to: the URLs to read, the manifest's per-shard sample counts (a
-    folder) or None (a URL pattern), and the manifest's shards skipped as empty."""
-
-    urls: list[str]
-    counts: list[int] | None
-    empty: list[str]
-
-
-_SHOW = reprlib.Repr()
-_SHOW.maxstring = 60  # a manifest value in an error line: enough to recognise, never a page
-
-
-def _shard_entry(entry: object, where: str) -> tuple[str, int]:
-    """(name, count) of one manifest entry. The name must be a plain file name inside the folder: no
-    separator (a path elsewhere), no colon (a URL scheme or a `pipe:` command), printable, `.tar`."""
-    if not isinstance(entry, dict):
-        raise ValueError(f"{where} must be an object with a name and a count, got {_SHOW.repr(entry)}")
-    for key in ("name", "count"):
-        if key not in entry:
-            raise ValueError(f"{where} lacks {key!r}")
-    name, count = entry["name"], entry["count"]
-    if not isinstance(name, str):
-        raise ValueError(f"{where}.name must be a string, got {_SHOW.repr(name)}")
-    if not (name.isprintable() and name.endswith(".tar") and len(name) > 4 and not set(name) & set("/\\:")):
-        raise ValueError(f"{where}.name {_SHOW.repr(name)} is not a plain .tar file name inside the folder")
-    if not isinstance(count, int) or isinstance(count, bool) or count < 0:
-        raise ValueError(f"{where}.count must be a whole number >= 0, got {_SHOW.repr(count)}")
-    return name, count
-
-
-def _is_empty_tar(path: Path) -> bool:
-    """0 bytes, or a first header block of zeros (a tar's end-of-archive marker): no member at all."""
-    with path.open("rb") as f:
-        return not f.read(512).strip(b"\0")
-
-
-def _folder_shards(folder: Path) -> Shards:
-    manifest = read_manifest(folder)
-    where = folder / MANIFEST
-    urls, counts, empty = [], [], []
-    for i, entry in enumerate(manifest["shards"]):
-        name, count = _shard_entry(entry, f"{where}: shards[{i}]")
-        # Absolute, so that nothing in the folder's own path is ever read as a URL scheme either.
-        path = folder.absolute() / name
-        if not path.exists():
-            raise FileNotFoundError(f"{where}: lists {name}, which is not in the folder")
-        if not path.is_file():
-            raise ValueError(f"{where}: {name} is not a regular file")
-        if _is_empty_tar(path):
-            empty.append(name)
-            continue
-        urls.append(str(path))
-        counts.append(count)
-    if not urls:
-        what = f"all {len(empty)} shards are empty ({shard_names(empty)})" if empty else "it lists no shards"
-        raise NoDataError(f"{where}: no samples to read: {what}")
-    if empty:
-        warnings.warn(f"{folder}: skipped {len(empty)} empty shard(s): {shard_names(empty)}", stacklevel=3)
-    return Shards(urls, counts, empty)
-
-
-def resolve_shards(spec: str) -> Shards:
-    """The shards a spec names: a folder (its manifest's shards, checked), a URL pattern, or one tar."""
-    folder = Path(spec).expanduser()
-    if folder.is_dir():
-        return _folder_shards(folder)
-    if "://" in spec or spec.startswith("pipe:") or "{" in spec:
-        return Shards(list(wds.shardlists.expand_urls(spec)), None, [])
-    if folder.suffix == ".tar" and folder.is_file():
-        return Shards([str(folder.absolute())], None, [])
-    raise FileNotFoundError(f"{spec}: no such shard folder (build it with `glyphgen make-shards`)")
+    @property
+    def replay_per_batch(self) -> int:
+        """Samples of each batch drawn from `replay` (0 without one)."""
+        return max(1, round(self.replay_fraction * self.batch_size)) if self.replay else 0
 
 
 def split_batches(counts: list[int], batch_size: int, world_size: int, num_workers: int) -> int:
@@ -291,8 +210,16 @@ class ShardStream(torch.utils.data.IterableDataset):
     instead of a batch: an exception raised in a DataLoader worker would reach the training process
     as a multi-line traceback."""
 
-    def __init__(self, urls: list[str], cfg: LoaderConfig, tokenizer: CharTokenizer, per_worker: int):
+    def __init__(
+        self,
+        urls: list[str],
+        cfg: LoaderConfig,
+        tokenizer: CharTokenizer,
+        per_worker: int,
+        replay_urls: list[str] | None = None,
+    ):
         self.urls, self.cfg, self.per_worker = urls, cfg, per_worker
+        self.replay_urls = replay_urls or []
         self.collate = Collate(tokenizer, cfg.pad_to)
         self.epoch, self.skip = 0, 0
 
@@ -305,29 +232,36 @@ class ShardStream(torch.utils.data.IterableDataset):
         rng = random.Random(hash((self.cfg.seed, rank, worker, self.epoch)))
         # The same split as webdataset's split_by_node then split_by_worker.
         own = None if self.cfg.resampled else self.urls[rank::world][worker::workers]
-        samples = self._samples(rng, own, self.skip * self.cfg.batch_size)
+        extra = self.cfg.replay_per_batch
+        own_per_batch = self.cfg.batch_size - extra
+        samples = self._samples(rng, own, self.skip * own_per_batch, self.urls, self.cfg.shards)
+        if extra:
+            replay_rng = random.Random(hash((self.cfg.seed, rank, worker, self.epoch, "replay")))
+            replayed = self._samples(replay_rng, None, self.skip * extra, self.replay_urls, self.cfg.replay)
+            samples = interleave(samples, own_per_batch, replayed, extra)
         batches = wds.filters._batched(samples, self.cfg.batch_size, collation_fn=self.collate, partial=False)
         try:
             yield from itertools.islice(batches, max(0, self.per_worker - self.skip))
         except NoDataError as e:
             yield {"error": str(e)}
 
-    def _samples(self, rng: random.Random, own: list[str] | None, skip: int):
+    def _samples(self, rng: random.Random, own: list[str] | None, skip: int, all_urls: list[str], name: str):
         """Decoded samples, pass after pass: over this worker's `own` shards (the first pass in order,
         then shuffled), or, when resampling or when none of its own is left, over as many draws from
-        all the shards still alive. Each pass has its own shuffle buffer, so when a pass ends every
-        sample it read has been decoded and a shard that gave none is known: it is dropped."""
+        `all_urls` still alive (`name`: the spec they came from, for messages). Each pass has its own
+        shuffle buffer, so when a pass ends every sample it read has been decoded and a shard that
+        gave none is known: it is dropped."""
         skips, dead = SkipCounter(), set()
         for cycle in itertools.count():
             alive = [u for u in own or () if u not in dead]
             if alive:
                 urls = rng.sample(alive, len(alive)) if cycle else alive
             else:
-                pool = [u for u in self.urls if u not in dead]
+                pool = [u for u in all_urls if u not in dead]
                 if not pool:
                     raise NoDataError(
-                        f"{self.cfg.shards}: no samples in a full pass over its {len(self.urls)} shards "
-                        f"({shard_names(self.urls)}): every one is empty, missing or corrupt"
+                        f"{name}: no samples in a full pass over its {len(all_urls)} shards "
+                        f"({shard_names(all_urls)}): every one is empty, missing or corrupt"
                     )
                 urls = [rng.choice(pool) for _ in pool]
             raw = wds.tarfile_to_samples(handler=skips)({"url": u} for u in urls)
@@ -353,16 +287,27 @@ class ShardStream(torch.utils.data.IterableDataset):
             if barren:
                 dead.update(barren)
                 warnings.warn(
-                    f"{self.cfg.shards}: skipped {len(barren)} shard(s) that gave no sample in a full pass: "
+                    f"{name}: skipped {len(barren)} shard(s) that gave no sample in a full pass: "
                     f"{shard_names(barren)}",
                     stacklevel=2,
                 )
-                if own and set(barren) & set(own) and dead.issuperset(own) and len(dead) < len(self.urls):
+                if own and set(barren) & set(own) and dead.issuperset(own) and len(dead) < len(all_urls):
                     warnings.warn(
-                        f"{self.cfg.shards}: none of this worker's shards gives samples; drawing from the "
+                        f"{name}: none of this worker's shards gives samples; drawing from the "
                         "other shards so that its rank keeps its share of batches",
                         stacklevel=2,
                     )
+
+
+def interleave(own, own_per_batch: int, replayed, extra: int):
+    """`own_per_batch` samples of `own`, then `extra` of `replayed`, again and again: every batch cut
+    from the stream holds exactly that many of each. Ends when `own` does."""
+    while True:
+        group = list(itertools.islice(own, own_per_batch))
+        if len(group) < own_per_batch:
+            return
+        yield from group
+        yield from itertools.islice(replayed, extra)
 
 
 def make_dataset(cfg: LoaderConfig, tokenizer: CharTokenizer) -> tuple[ShardStream, int]:
@@ -380,10 +325,12 @@ def make_dataset(cfg: LoaderConfig, tokenizer: CharTokenizer) -> tuple[ShardStre
             raise ValueError(f"{cfg.shards}: set epoch_batches or resampled=true for a URL pattern")
         per_worker = max(1, cfg.epoch_batches // workers)
     else:
-        per_worker = split_batches(counts, cfg.batch_size, world_size(), cfg.num_workers)
+        own_per_batch = cfg.batch_size - cfg.replay_per_batch
+        per_worker = split_batches(counts, own_per_batch, world_size(), cfg.num_workers)
         if cfg.epoch_batches:
             per_worker = min(per_worker, max(1, cfg.epoch_batches // workers))
-    return ShardStream(shards.urls, cfg, tokenizer, per_worker), per_worker * workers
+    replay = resolve_shards(cfg.replay).urls if cfg.replay else []
+    return ShardStream(shards.urls, cfg, tokenizer, per_worker, replay), per_worker * workers
 
 
 @contextlib.contextmanager

@@ -45,7 +45,7 @@ def merge_parts(
     an unfinished part, the same part twice, and parts of another resolution, part count or input
     shard count; a different input spec (another mount of the same shards) is only warned about.
     `out` must be new or empty, or with `overwrite` a shard folder glyphgen wrote."""
-    from glyphgen.data.loader import resolve_shards
+    from glyphgen.data.shard_list import resolve_shards
 
     out = Path(os.path.abspath(out))
     if not parts:

@@ -17,8 +17,8 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from PIL import Image
 
 from glyphgen.checkpoint_io import networks
-from glyphgen.data.loader import NoDataError
 from glyphgen.data.preview import save_grid
+from glyphgen.data.shard_list import NoDataError
 from glyphgen.eval.metrics import ocr_metrics
 from glyphgen.training.core import QUARTILES
 

@@ -253,6 +253,11 @@ class DiffusionCore(L.LightningModule):
             )
         return network_state(ckpt)
 
+    def warm_start(self, path: str) -> str:
+        """Start from an earlier stage of the same size: all of its EMA weights (superres overrides)."""
+        self.load_weights(self.warm_start_state(path))
+        return f"warm start: loaded all {len(self.model.state_dict())} tensors of {path} (EMA weights)"
+
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Warm start (weights only) of both the live and the EMA network from a network state dict."""
         self.model.load_state_dict(state)

@@ -25,18 +25,12 @@ from glyphgen.training.core import DiffusionCore, build_model_config
 
 
 class PretrainSynthetic(DiffusionCore):
-    """Stage 1: nothing to add to the core."""
-
-    def warm_start(self, path: str) -> str:
-        raise ValueError("pretrain-synthetic trains from scratch: remove init_from")
+    """Stage 1: nothing to add to the core. Warm-started only as a later step of a curriculum
+    (plain text first, then the full variety): it then loads the earlier step's EMA weights."""
 
 
 class FinetuneReal(DiffusionCore):
     """Stage 2: the core, warm-started from the pretrained base."""
-
-    def warm_start(self, path: str) -> str:
-        self.load_weights(self.warm_start_state(path))
-        return f"warm start: loaded all {len(self.model.state_dict())} tensors of {path} (EMA weights)"
 
 
 def downsample(x: torch.Tensor) -> torch.Tensor:
