@@ -15,6 +15,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
 
 import ablate  # noqa: E402
+import colour_cast  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
 import text_gap  # noqa: E402
@@ -192,3 +193,15 @@ def test_ablation_curve_takes_every_nth_step_checkpoint_in_order(tmp_path):
     assert [s for s, _ in ablate.checkpoints(tmp_path, 500)] == [500, 1000, 1500]
     assert [p.name for _, p in ablate.checkpoints(tmp_path, 1000)] == ["step-0001000.ckpt"]
     assert ablate.checkpoints(tmp_path, 0) == []
+
+
+def test_colour_cast_splits_a_tint_from_pixel_noise():
+    grey = torch.rand(2, 1, 8, 8).expand(2, 3, 8, 8)
+    tint = torch.tensor([0.05, 0.0, -0.05]).view(1, 3, 1, 1)
+    parts = colour_cast.decompose(grey + tint)
+    assert parts["spread"] == pytest.approx(0.1) and parts["tint"] == pytest.approx(0.1)
+    assert parts["without_tint"] == pytest.approx(0.0, abs=1e-6)
+    noise = torch.zeros(2, 3, 8, 8)
+    noise[:, 0] = 0.1 * ((torch.arange(8)[:, None] + torch.arange(8)) % 2 * 2 - 1)  # red +-0.1, mean 0
+    parts = colour_cast.decompose(grey + noise)
+    assert parts["tint"] == pytest.approx(0.0, abs=1e-6) and parts["without_tint"] == pytest.approx(0.1)

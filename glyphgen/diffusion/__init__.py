@@ -10,6 +10,7 @@ from glyphgen.diffusion.gaussian import (
     create_diffusion,
     discretized_gaussian_log_likelihood,
     mean_flat,
+    multiscale_mse,
     normal_kl,
     randn_from,
 )
@@ -68,6 +69,7 @@ __all__ = [
     "linear_betas",
     "make_betas",
     "mean_flat",
+    "multiscale_mse",
     "normal_kl",
     "null_text_like",
     "p_sample_loop",
