@@ -22,8 +22,6 @@ from glyphgen.diffusion import (
     dynamic_threshold,
     guided,
     make_betas,
-    mean_flat,
-    multiscale_mse,
     sample,
     space_timesteps,
 )
@@ -114,44 +112,6 @@ def test_a_weighting_gives_every_parameterization_the_same_x0_space_weight(weigh
     expected = X0_SPACE_WEIGHT[weighting](snr) * d_err.pow(2).mean(dim=(1, 2, 3))
     for name in Prediction:
         torch.testing.assert_close(losses[name], expected, rtol=1e-5, atol=1e-12)
-
-
-def checkerboard(side: int) -> torch.Tensor:
-    """+-1 in a checkerboard: an error that averages to zero over every 2x2 block."""
-    return ((torch.arange(side)[:, None] + torch.arange(side)) % 2 * 2.0 - 1).double()
-
-
-def test_multiscale_mse_counts_a_shared_error_at_every_scale():
-    cast = torch.tensor([0.1, -0.2, 0.05], dtype=torch.float64).view(1, 3, 1, 1).expand(2, 3, 8, 8)
-    torch.testing.assert_close(multiscale_mse(cast, 2.0), 7 * mean_flat(cast**2))  # sides 8, and 4, 2, 1
-    pixels = checkerboard(8).expand(2, 3, 8, 8)
-    torch.testing.assert_close(multiscale_mse(pixels, 2.0), torch.ones(2, dtype=torch.float64))
-    torch.testing.assert_close(multiscale_mse(cast, 0.0), mean_flat(cast**2))
-
-
-def test_multiscale_loss_weighs_a_colour_cast_more_and_pixel_noise_as_before():
-    def make(multiscale: int) -> GaussianDiffusion:
-        cfg = DiffusionConfig(
-            parameterization="v", loss_weighting="min_snr", learn_sigma=False, multiscale_loss=multiscale
-        )
-        return create_diffusion(cfg)
-
-    plain, multi = make(0), make(3)
-    assert multi.respace("ddim10").multiscale_loss == 3
-    x0, eps, t = batch(13)  # 4 x 4 images: sides 4, then 2 and 1 weighted 3
-    target = Parameterization("v").target(x0, eps, t, plain)
-
-    def terms(d: GaussianDiffusion, error: torch.Tensor) -> dict[str, torch.Tensor]:
-        return d.training_losses(lambda x, tt: target + error, x0, t, noise=eps)
-
-    cast = 0.1 * torch.tensor([1.0, -1.0, 0.0], dtype=torch.float64).view(1, 3, 1, 1).expand_as(x0)
-    torch.testing.assert_close(terms(multi, cast)["loss"], 7 * terms(plain, cast)["loss"])
-    pixels = 0.1 * checkerboard(4).expand_as(x0)
-    torch.testing.assert_close(terms(multi, pixels)["loss"], terms(plain, pixels)["loss"])
-    torch.testing.assert_close(terms(multi, pixels)["mse"], terms(plain, pixels)["mse"])  # logged: plain
-    assert torch.all(terms(multi, torch.zeros_like(x0))["loss"] < 1e-20)
-    with pytest.raises(ConfigValueError, match="multiscale_loss"):
-        DiffusionConfig(multiscale_loss=-1)
 
 
 def test_uniform_eps_loss_is_unchanged():

@@ -10,7 +10,6 @@ from glyphgen.diffusion.gaussian import (
     create_diffusion,
     discretized_gaussian_log_likelihood,
     mean_flat,
-    multiscale_mse,
     normal_kl,
     randn_from,
 )
@@ -69,7 +68,6 @@ __all__ = [
     "linear_betas",
     "make_betas",
     "mean_flat",
-    "multiscale_mse",
     "normal_kl",
     "null_text_like",
     "p_sample_loop",

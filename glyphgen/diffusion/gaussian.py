@@ -23,7 +23,6 @@ from collections.abc import Callable
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 
 from glyphgen.diffusion.parameterization import Parameterization, dynamic_threshold
@@ -57,17 +56,6 @@ def mean_flat(x: Tensor) -> Tensor:
     return x.mean(dim=tuple(range(1, x.ndim)))
 
 
-def multiscale_mse(error: Tensor, weight: float) -> Tensor:
-    """Per-sample mean squared `error` [B, C, H, W] plus `weight` times the mean square of the error
-    average-pooled to sides H/2, H/4, ... and 1: an error shared by a whole region (a colour cast)
-    counts again at every scale, while pixel noise barely survives pooling."""
-    side, total = error.shape[-1], mean_flat(error**2)
-    while side > 1:
-        side = max(1, side // 2)
-        total = total + weight * mean_flat(F.adaptive_avg_pool2d(error, side) ** 2)
-    return total
-
-
 class GaussianDiffusion:
     """Diffusion over `len(betas)` steps. A respaced diffusion (see `respace`) has fewer, larger
     steps and a `timestep_map` that turns its step indices into the trained model's."""
@@ -81,7 +69,6 @@ class GaussianDiffusion:
         parameterization: str = "eps",
         loss_weighting: str = "uniform",
         min_snr_gamma: float = 5.0,
-        multiscale_loss: float = 0.0,
     ):
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
@@ -91,7 +78,6 @@ class GaussianDiffusion:
         self.parameterization = Parameterization(parameterization)
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = min_snr_gamma
-        self.multiscale_loss = multiscale_loss
         self.num_steps = len(betas)
         self.timestep_map = torch.arange(self.num_steps) if timestep_map is None else timestep_map.long()
 
@@ -250,21 +236,17 @@ class GaussianDiffusion:
         """Per-sample hybrid loss terms [B]: "mse" (of the parameterization's target, unweighted),
         "vlb" (L_t in bits/dim, from the variance only) and "loss" = weight * mse + vlb_weight *
         num_steps * vlb (the weighted mse alone without learn_sigma, where "vlb" is still reported,
-        without gradient; with `multiscale_loss` the weighted term is the multiscale mse). Average
-        "loss" to get the training objective."""
+        without gradient). Average "loss" to get the training objective."""
         noise = torch.randn_like(x0) if noise is None else noise
         x_t = self.q_sample(x0, t, noise)
         output = model(x_t, self.model_timesteps(t), **(model_kwargs or {}))
         channels = x0.shape[1]
         target = self.parameterization.target(x0, noise, t, self)
-        error = output[:, :channels] - target
-        mse = mean_flat(error**2)
-        weighted = multiscale_mse(error, self.multiscale_loss) if self.multiscale_loss else mse
+        mse = mean_flat((output[:, :channels] - target) ** 2)
+        weighted = mse
         if self.loss_weighting != "uniform":
             snr = self.coefficient("snr", t, mse)
-            weighted = weighted * self.parameterization.loss_weight(
-                snr, self.loss_weighting, self.min_snr_gamma
-            )
+            weighted = mse * self.parameterization.loss_weight(snr, self.loss_weighting, self.min_snr_gamma)
         # The VLB must not move the mean (the MSE does that better): only the variance gets its gradient.
         frozen = torch.cat([output[:, :channels].detach(), output[:, channels:]], dim=1)
         vlb = self.vlb_terms(frozen, x0, x_t, t)
@@ -289,7 +271,6 @@ class GaussianDiffusion:
             parameterization=self.parameterization.name,
             loss_weighting=self.loss_weighting,
             min_snr_gamma=self.min_snr_gamma,
-            multiscale_loss=self.multiscale_loss,
         )
 
 
@@ -340,6 +321,5 @@ def create_diffusion(cfg: DiffusionConfig, steps_spec: str | None = None) -> Gau
         parameterization=cfg.parameterization,
         loss_weighting=cfg.loss_weighting,
         min_snr_gamma=cfg.min_snr_gamma,
-        multiscale_loss=cfg.multiscale_loss,
     )
     return diffusion if steps_spec is None else diffusion.respace(steps_spec)

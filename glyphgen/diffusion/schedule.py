@@ -146,11 +146,6 @@ class DiffusionConfig:
     SNR / (1 + SNR)), each expressed for the parameterization's target."""
     min_snr_gamma: float = 5.0
     """Gamma of min-SNR weighting: the SNR above which steps stop gaining weight."""
-    multiscale_loss: float = 0.0
-    """Weight of the coarser scales in the MSE (after the multiscale loss of Hoogeboom et al. 2023):
-    the error average-pooled to half the image side, a quarter, ... and 1 pixel adds this weight
-    times its mean square to the full-size MSE. An error shared by a whole region, such as a colour
-    cast, counts again at every scale; pixel noise barely survives pooling. 0: the plain MSE."""
     learn_sigma: bool = True
     """The model also outputs a variance interpolation (2*C output channels) trained by the VLB."""
     vlb_weight: float = 0.001
@@ -187,7 +182,6 @@ class DiffusionConfig:
         )
         self.loss_weighting = Weighting.parse(self.loss_weighting, "loss_weighting")
         require(self.min_snr_gamma > 0, "min_snr_gamma", f"must be > 0, got {self.min_snr_gamma}")
-        require(self.multiscale_loss >= 0, "multiscale_loss", f"must be >= 0, got {self.multiscale_loss}")
         require(self.vlb_weight >= 0, "vlb_weight", f"must be >= 0, got {self.vlb_weight}")
         require(0 <= self.p_uncond <= 1, "p_uncond", f"must be in [0, 1], got {self.p_uncond}")
         try:
