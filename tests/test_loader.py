@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import io
 import json
 import re
@@ -190,6 +191,8 @@ def test_replay_puts_a_fixed_share_of_old_data_in_every_batch(tmp_path):
     own = [t for b in epoch for t in b["text"] if t[0] == "t"]
     assert sorted(own) == sorted(f"t{j}" for j in range(24))  # every own sample once per epoch
     assert len({t for b in epoch for t in b["text"] if t[0] == "r"}) > 1
+    resampled = dataclasses.replace(loader.dataset.cfg, resampled=True)
+    assert len(make_loader(resampled)) == 8  # shards drawn, not split: the same count
 
 
 def test_replay_resumes_mid_epoch_on_the_same_stream(tmp_path):

@@ -315,8 +315,9 @@ def make_dataset(cfg: LoaderConfig, tokenizer: CharTokenizer) -> tuple[ShardStre
     shards = resolve_shards(cfg.shards)
     counts = shards.counts
     workers = max(cfg.num_workers, 1)
+    own_per_batch = cfg.batch_size - cfg.replay_per_batch  # the epoch counts the stage's own samples
     if cfg.resampled:
-        total = cfg.epoch_batches or (sum(counts) // (cfg.batch_size * world_size()) if counts else None)
+        total = cfg.epoch_batches or (sum(counts) // (own_per_batch * world_size()) if counts else None)
         if not total:
             raise ValueError(f"{cfg.shards}: set epoch_batches (the data set size is not known)")
         per_worker = max(1, total // workers)
@@ -325,7 +326,6 @@ def make_dataset(cfg: LoaderConfig, tokenizer: CharTokenizer) -> tuple[ShardStre
             raise ValueError(f"{cfg.shards}: set epoch_batches or resampled=true for a URL pattern")
         per_worker = max(1, cfg.epoch_batches // workers)
     else:
-        own_per_batch = cfg.batch_size - cfg.replay_per_batch
         per_worker = split_batches(counts, own_per_batch, world_size(), cfg.num_workers)
         if cfg.epoch_batches:
             per_worker = min(per_worker, max(1, cfg.epoch_batches // workers))
