@@ -49,11 +49,13 @@ def main() -> None:
     parser.add_argument("bundles", nargs="+")
     parser.add_argument("--n", type=int, default=4, help="samples per prompt")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--sampler", help="ddpm | ddim | dpmpp2m (default: the bundle's)")
+    parser.add_argument("--steps", help='respacing such as "100" or "ddim25" (default: the bundle\'s)')
     args = parser.parse_args()
     texts = [t for t in PROMPTS for _ in range(args.n)]
     for path in args.bundles:
         bundle = load_bundle(path, "cpu")
-        options = bundle.options()
+        options = bundle.options(sampler=args.sampler, steps=args.steps)
         tokens, mask = bundle.tokenizer.batch(texts)
         r, c = bundle.config.model.resolution, bundle.config.model.in_channels
         noise = torch.randn(len(texts), c, r, r, generator=torch.Generator().manual_seed(args.seed))
