@@ -18,14 +18,15 @@ import torch
 
 from glyphgen.diffusion import sample
 from glyphgen.diffusion.pixels import to_uint8
+from glyphgen.eval.metrics import mean_channel_spread
 from glyphgen.inference.bundle import load_bundle
 
 PROMPTS = ["THE", "AND", "IN", "OF"]
 
 
 def spread(x: torch.Tensor) -> float:
-    """Mean over images and pixels of (largest - smallest channel) of [N, C, H, W] images on [0, 1]."""
-    return (x.max(1).values - x.min(1).values).mean().item()
+    """The quality run's channel spread of [N, C, H, W] images on [0, 1] (all of one size)."""
+    return mean_channel_spread(x.double().numpy(), axis=1)
 
 
 def untinted(x: torch.Tensor) -> torch.Tensor:

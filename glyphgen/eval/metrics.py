@@ -90,11 +90,15 @@ def sample_scores(predictions: Sequence[str], targets: Sequence[str]) -> list[di
     ]
 
 
+def mean_channel_spread(values: np.ndarray, axis: int = -1) -> float:
+    """Mean of (largest - smallest) along the channel `axis` of values on [0, 1]."""
+    return float((values.max(axis=axis) - values.min(axis=axis)).mean())
+
+
 def channel_spread(images: Sequence[Image.Image]) -> float:
     """Mean over images and pixels of (largest - smallest channel value), on [0, 1]: 0 for grey
     images, so it measures the colour cast of a model trained on grey data."""
-    spreads = []
-    for image in images:
-        rgb = np.asarray(image.convert("RGB"), dtype=np.float64) / 255
-        spreads.append(float((rgb.max(axis=2) - rgb.min(axis=2)).mean()))
+    spreads = [
+        mean_channel_spread(np.asarray(image.convert("RGB"), dtype=np.float64) / 255) for image in images
+    ]
     return sum(spreads) / len(spreads)
