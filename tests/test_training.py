@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import functools
 import json
+import re
 import subprocess
 import sys
 import textwrap
@@ -92,7 +93,13 @@ def test_data_resolution_is_the_models():
 
 
 def test_pretrain_stage_writes_its_run_folder(tmp_path, shards):
-    extra = {"sample.every_n_steps": 4, "sample.steps": "3", "sample.weights": "both", "localisation": 0.1}
+    extra = {
+        "sample.every_n_steps": 4,
+        "sample.steps": "3",
+        "sample.weights": "both",
+        "localisation": 0.1,
+        "diffusion.offset_noise": 0.1,
+    }
     cfg = stage_cfg("pretrain-synthetic", shards, steps=4, **extra)
     final = train_stage(cfg, tmp_path / "run")
     run = tmp_path / "run"
@@ -109,6 +116,15 @@ def test_pretrain_stage_writes_its_run_folder(tmp_path, shards):
     assert load_config(StageConfig, [run / "config.yaml"]) == cfg
     ema, live = network(final, "ema."), network(final, "model.")
     assert ema.keys() == live.keys() and any(not torch.equal(ema[k], live[k]) for k in ema)
+
+
+def test_missing_data_is_named_before_the_run_folder_is_made(tmp_path, shards):
+    gone = tmp_path / "gone"
+    for key in ("data.shards", "data.replay"):
+        cfg = stage_cfg("pretrain-synthetic", shards, **{key: str(gone)})
+        with pytest.raises(FileNotFoundError, match=f"^{re.escape(str(gone))}: no such shard folder"):
+            train_stage(cfg, tmp_path / "run")
+        assert not (tmp_path / "run").exists()
 
 
 class HostReads(TorchFunctionMode):

@@ -108,6 +108,11 @@ class LoaderConfig:
         """Samples of each batch drawn from `replay` (0 without one)."""
         return max(1, round(self.replay_fraction * self.batch_size)) if self.replay else 0
 
+    @property
+    def own_per_batch(self) -> int:
+        """Samples of each batch drawn from `shards`: the ones an epoch counts."""
+        return self.batch_size - self.replay_per_batch
+
 
 def split_batches(counts: list[int], batch_size: int, world_size: int, num_workers: int) -> int:
     """Batches each worker can yield so that every (rank, worker) pair yields the same number,
@@ -232,8 +237,7 @@ class ShardStream(torch.utils.data.IterableDataset):
         rng = random.Random(hash((self.cfg.seed, rank, worker, self.epoch)))
         # The same split as webdataset's split_by_node then split_by_worker.
         own = None if self.cfg.resampled else self.urls[rank::world][worker::workers]
-        extra = self.cfg.replay_per_batch
-        own_per_batch = self.cfg.batch_size - extra
+        extra, own_per_batch = self.cfg.replay_per_batch, self.cfg.own_per_batch
         samples = self._samples(rng, own, self.skip * own_per_batch, self.urls, self.cfg.shards)
         if extra:
             replay_rng = random.Random(hash((self.cfg.seed, rank, worker, self.epoch, "replay")))
@@ -315,9 +319,8 @@ def make_dataset(cfg: LoaderConfig, tokenizer: CharTokenizer) -> tuple[ShardStre
     shards = resolve_shards(cfg.shards)
     counts = shards.counts
     workers = max(cfg.num_workers, 1)
-    own_per_batch = cfg.batch_size - cfg.replay_per_batch  # the epoch counts the stage's own samples
-    if cfg.resampled:
-        total = cfg.epoch_batches or (sum(counts) // (own_per_batch * world_size()) if counts else None)
+    if cfg.resampled:  # the epoch counts the stage's own samples, not the replayed ones
+        total = cfg.epoch_batches or (sum(counts) // (cfg.own_per_batch * world_size()) if counts else None)
         if not total:
             raise ValueError(f"{cfg.shards}: set epoch_batches (the data set size is not known)")
         per_worker = max(1, total // workers)
@@ -326,7 +329,7 @@ def make_dataset(cfg: LoaderConfig, tokenizer: CharTokenizer) -> tuple[ShardStre
             raise ValueError(f"{cfg.shards}: set epoch_batches or resampled=true for a URL pattern")
         per_worker = max(1, cfg.epoch_batches // workers)
     else:
-        per_worker = split_batches(counts, own_per_batch, world_size(), cfg.num_workers)
+        per_worker = split_batches(counts, cfg.own_per_batch, world_size(), cfg.num_workers)
         if cfg.epoch_batches:
             per_worker = min(per_worker, max(1, cfg.epoch_batches // workers))
     replay = resolve_shards(cfg.replay).urls if cfg.replay else []

@@ -22,7 +22,7 @@ import torch
 
 from glyphgen.config import load_config
 from glyphgen.data.loader import LoaderConfig, make_loader
-from glyphgen.diffusion import create_diffusion, drop_text, randn_from, sample, with_options
+from glyphgen.diffusion import create_diffusion, drop_text, sample, with_options
 from glyphgen.diffusion.pixels import to_uint8, to_unit
 from glyphgen.models.localisation import localisation_loss, recording_attention
 from glyphgen.models.registry import sized_model_config
@@ -135,7 +135,7 @@ class DiffusionCore(L.LightningModule):
             x0 = x0.contiguous(memory_format=torch.channels_last)
         tokens, mask = drop_text(batch["tokens"], batch["mask"], self.cfg.diffusion.p_uncond, g)
         t = self.diffusion.sample_t(x0.shape[0], x0.device, g)
-        noise = randn_from(x0.shape, g, x0.device, x0.dtype)
+        noise = self.diffusion.noise(x0.shape, g, x0.device, x0.dtype)
         localise = self.cfg.localisation > 0 and "boxes" in batch
         with recording_attention(self.model) if localise else contextlib.nullcontext() as maps:
             terms = self.diffusion.training_losses(

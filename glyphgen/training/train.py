@@ -21,6 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 
 from glyphgen.checkpoint_io import check_tensors
 from glyphgen.config import save_config, to_dict
+from glyphgen.data.shard_list import resolve_shards
 from glyphgen.training.callbacks import LossCurve, PreemptionCheckpoint, SampleGrid, StageComplete
 from glyphgen.training.checkpoints import AtomicCheckpointIO, read_checkpoint
 from glyphgen.training.config import StageConfig
@@ -131,7 +132,9 @@ def train_stage(cfg: StageConfig, run_dir: str | Path) -> Path:
         _check_resumable(last, module)
     elif cfg.init_from:
         print(module.warm_start(cfg.init_from))
-    # Only now, with the resume or warm start readable, may the run's record of its config change.
+    for spec in filter(None, (cfg.data.shards, cfg.data.replay)):
+        resolve_shards(spec)  # a missing shard folder is named here, not after the run folder is made
+    # Only now, with the resume or warm start and the data readable, may the run record its config.
     run_dir.mkdir(parents=True, exist_ok=True)
     _write_atomically(cfg, run_dir / "config.yaml")
     trainer = build_trainer(cfg, run_dir, module)
