@@ -59,8 +59,7 @@ def main() -> None:
         options = bundle.options(sampler=args.sampler, steps=args.steps)
         tokens, mask = bundle.tokenizer.batch(texts)
         r, c = bundle.config.model.resolution, bundle.config.model.in_channels
-        generator = torch.Generator().manual_seed(args.seed)
-        noise = bundle.diffusion.noise((len(texts), c, r, r), generator, "cpu")  # offset noise included
+        noise = torch.randn(len(texts), c, r, r, generator=torch.Generator().manual_seed(args.seed))
         for start, x_T in (("noise as drawn", noise), ("noise without tint", untinted(noise))):
             out = sample(
                 bundle.net,

@@ -196,8 +196,6 @@ def test_config_validation():
         DiffusionConfig(sampler="euler")
     with pytest.raises(ConfigValueError, match="noise_aug_max"):
         DiffusionConfig(noise_aug_max=1.5)
-    with pytest.raises(ConfigValueError, match="^offset_noise: must be in \\[0, 1\\], got -0.1$"):
-        DiffusionConfig(offset_noise=-0.1)
 
 
 def test_respace_all_steps_equals_original():
@@ -372,35 +370,6 @@ def test_ddim_eta_zero_is_deterministic_given_noise():
     assert torch.equal(a, b)
     c = p_sample_loop(net, d, noise.shape, noise=noise, generator=gen(4))
     assert not torch.allclose(a, c)
-
-
-# --- offset noise ---------------------------------------------------------------------------------
-
-
-def test_offset_noise_adds_a_constant_per_image_and_channel():
-    shape = (4000, C, H, W)
-    plain = create_diffusion(DiffusionConfig()).noise(shape, gen(0), "cpu")
-    assert torch.equal(plain, torch.randn(shape, generator=gen(0)))  # without offset: the old draws
-    d = create_diffusion(DiffusionConfig(offset_noise=0.5), "ddim10")
-    assert d.offset_noise == 0.5  # respacing keeps it
-    offset = d.noise(shape, gen(0), "cpu") - plain
-    assert torch.allclose(offset, offset[:, :, :1, :1].expand_as(offset), atol=1e-6)  # constant per channel
-    assert abs(offset[:, :, 0, 0].std().item() - 0.5) < 0.02
-
-
-@pytest.mark.parametrize("sampler", ["ddpm", "ddim", "dpmpp2m"])
-def test_samplers_start_from_the_diffusions_noise(sampler):
-    """Every sampler's first model call sees the diffusion's own noise, offset included, so a model
-    trained with offset noise starts where it was trained to."""
-    d = create_diffusion(DiffusionConfig(offset_noise=0.3), "5")
-    seen = []
-
-    def model(x, t):
-        seen.append(x.clone())
-        return torch.zeros(x.shape[0], 2 * C, *x.shape[2:])
-
-    sample(model, d, (2, C, H, W), sampler=sampler, generator=gen(7))
-    torch.testing.assert_close(seen[0], d.noise((2, C, H, W), gen(7), "cpu"), rtol=0, atol=0)
 
 
 # --- guidance -------------------------------------------------------------------------------------

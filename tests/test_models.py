@@ -71,6 +71,32 @@ def test_glide_mode_masks_padding_and_uses_text():
     assert not torch.allclose(ref[0], other[0], atol=1e-4) and torch.allclose(ref[1], other[1], atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["tiny", "tiny-sr"])
+def test_mean_path_routes_the_noisy_images_channel_means_to_the_prediction(name):
+    cfg = dataclasses.replace(model_config(name), mean_path=True)
+    torch.manual_seed(0)
+    model = UNet(cfg).eval()
+    plain = UNet(dataclasses.replace(cfg, mean_path=False)).eval()
+    assert set(model.state_dict()) - set(plain.state_dict()) == {
+        "mean_path.gain.1.weight",
+        "mean_path.gain.1.bias",
+    }
+    _randomize(plain)
+    model.load_state_dict(plain.state_dict(), strict=False)
+    r = cfg.resolution
+    tokens, mask = TOK.batch(["AB", "C"])
+    inputs = {"x": torch.randn(2, 3, r, r), "t": torch.tensor([50, 600]), "tokens": tokens, "mask": mask}
+    if cfg.superres:
+        inputs["low_res"] = torch.randn(2, 3, r // 2, r // 2) + 5  # its means must not reach the path
+    with torch.no_grad():
+        assert torch.equal(model(**inputs), plain(**inputs))  # zero-initialised: today's network
+        model.mean_path.gain[1].bias.copy_(torch.eye(3).flatten() * 2)  # A(t) = 2 I
+        out, ref = model(**inputs), plain(**inputs)
+    added = 2 * inputs["x"].mean((2, 3))[:, :, None, None]
+    torch.testing.assert_close(out[:, :3], ref[:, :3] + added, atol=1e-5, rtol=0)
+    assert torch.equal(out[:, 3:], ref[:, 3:])  # the variance channels are left alone
+
+
 def test_line_embedding_counts_newlines():
     ids = torch.tensor([TOK.encode("ab\ncd\n\ne")])
     assert line_index(ids, model_config("tiny").text.newline_id, 8)[0].tolist() == [

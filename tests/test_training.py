@@ -93,13 +93,7 @@ def test_data_resolution_is_the_models():
 
 
 def test_pretrain_stage_writes_its_run_folder(tmp_path, shards):
-    extra = {
-        "sample.every_n_steps": 4,
-        "sample.steps": "3",
-        "sample.weights": "both",
-        "localisation": 0.1,
-        "diffusion.offset_noise": 0.1,
-    }
+    extra = {"sample.every_n_steps": 4, "sample.steps": "3", "sample.weights": "both", "localisation": 0.1}
     cfg = stage_cfg("pretrain-synthetic", shards, steps=4, **extra)
     final = train_stage(cfg, tmp_path / "run")
     run = tmp_path / "run"
@@ -264,22 +258,27 @@ def test_preemption_signal_saves_last_checkpoint(tmp_path, shards, signal, saved
 
 def test_warm_starts_load_weights_not_optimizer(tmp_path, shards):
     stage1 = train_stage(stage_cfg("pretrain-synthetic", shards, steps=2), tmp_path / "s1")
-    cfg2 = stage_cfg("finetune-real", shards, steps=2, init_from=str(stage1))
+    # The finetune adds the channel-mean path, which stage 1 lacks: it starts at zero (the same function).
+    path = {"model.mean_path": "true"}
+    cfg2 = stage_cfg("finetune-real", shards, steps=2, init_from=str(stage1), **path)
     # A later step of a synthetic curriculum warm-starts the same way as the finetune.
     curriculum = stage_cfg("pretrain-synthetic", shards, steps=2, init_from=str(stage1))
-    for module in (FinetuneReal(to_dict(cfg2)), PretrainSynthetic(to_dict(curriculum))):
+    finetune = FinetuneReal(to_dict(cfg2))
+    for module in (finetune, PretrainSynthetic(to_dict(curriculum))):
         assert "loaded all" in module.warm_start(str(stage1))
         for key, value in network_state(read_checkpoint(stage1)).items():
             assert torch.equal(module.model.state_dict()[key], value) and torch.equal(
                 module.ema.state_dict()[key], value
             )
+    started = {k: v for k, v in finetune.model.state_dict().items() if k.startswith("mean_path.")}
+    assert started and all((v == 0).all() for v in started.values())
 
     stage2 = train_stage(cfg2, tmp_path / "s2")
     ckpt2 = read_checkpoint(stage2)
     assert ckpt2["global_step"] == 2  # a new run from step 0, not a continuation
     assert all(s["step"] == 2 for s in ckpt2["optimizer_states"][0]["state"].values())  # fresh AdamW
 
-    cfg3 = stage_cfg("superres", shards, steps=2, init_from=str(stage2))
+    cfg3 = stage_cfg("superres", shards, steps=2, init_from=str(stage2), **path)
     sr = SuperRes(to_dict(cfg3))
     summary = sr.warm_start(str(stage2))
     assert "loaded" in summary
@@ -291,6 +290,7 @@ def test_warm_starts_load_weights_not_optimizer(tmp_path, shards):
         sr.ema.state_dict()["text_encoder.relative_bias.table.weight"],
         base["text_encoder.relative_bias.table.weight"],
     )
+    assert torch.equal(sr_state["mean_path.gain.1.weight"], base["mean_path.gain.1.weight"])
     final3 = train_stage(cfg3, tmp_path / "s3")
     assert read_checkpoint(final3)["global_step"] == 2
 

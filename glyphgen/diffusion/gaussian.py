@@ -69,7 +69,6 @@ class GaussianDiffusion:
         parameterization: str = "eps",
         loss_weighting: str = "uniform",
         min_snr_gamma: float = 5.0,
-        offset_noise: float = 0.0,
     ):
         betas = torch.as_tensor(betas, dtype=torch.float64)
         if betas.ndim != 1 or not ((betas > 0) & (betas <= 1)).all():
@@ -79,7 +78,6 @@ class GaussianDiffusion:
         self.parameterization = Parameterization(parameterization)
         self.loss_weighting = loss_weighting
         self.min_snr_gamma = min_snr_gamma
-        self.offset_noise = offset_noise
         self.num_steps = len(betas)
         self.timestep_map = torch.arange(self.num_steps) if timestep_map is None else timestep_map.long()
 
@@ -130,21 +128,6 @@ class GaussianDiffusion:
         if key not in self._on_device:
             self._on_device[key] = self.timestep_map.to(t.device)
         return self._on_device[key][t]
-
-    def noise(
-        self,
-        shape: tuple[int, ...] | torch.Size,
-        generator: torch.Generator | None,
-        device: torch.device | str | None,
-        dtype: torch.dtype = torch.float32,
-    ) -> Tensor:
-        """The forward process's noise [B, C, ...]: N(0, I), plus with `offset_noise` a constant per
-        image and channel of that std (drawn after, so plain noise is the same numbers either way)."""
-        eps = randn_from(shape, generator, device, dtype)
-        if self.offset_noise > 0:
-            offset = randn_from((*shape[:2], *[1] * (len(shape) - 2)), generator, device, dtype)
-            eps = eps + self.offset_noise * offset
-        return eps
 
     def sample_t(
         self,
@@ -254,7 +237,7 @@ class GaussianDiffusion:
         "vlb" (L_t in bits/dim, from the variance only) and "loss" = weight * mse + vlb_weight *
         num_steps * vlb (the weighted mse alone without learn_sigma, where "vlb" is still reported,
         without gradient). Average "loss" to get the training objective."""
-        noise = self.noise(x0.shape, None, x0.device, x0.dtype) if noise is None else noise
+        noise = torch.randn_like(x0) if noise is None else noise
         x_t = self.q_sample(x0, t, noise)
         output = model(x_t, self.model_timesteps(t), **(model_kwargs or {}))
         channels = x0.shape[1]
@@ -288,7 +271,6 @@ class GaussianDiffusion:
             parameterization=self.parameterization.name,
             loss_weighting=self.loss_weighting,
             min_snr_gamma=self.min_snr_gamma,
-            offset_noise=self.offset_noise,
         )
 
 
@@ -339,6 +321,5 @@ def create_diffusion(cfg: DiffusionConfig, steps_spec: str | None = None) -> Gau
         parameterization=cfg.parameterization,
         loss_weighting=cfg.loss_weighting,
         min_snr_gamma=cfg.min_snr_gamma,
-        offset_noise=cfg.offset_noise,
     )
     return diffusion if steps_spec is None else diffusion.respace(steps_spec)

@@ -20,7 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
-from glyphgen.diffusion.gaussian import GaussianDiffusion, Model, draw_device
+from glyphgen.diffusion.gaussian import GaussianDiffusion, Model, draw_device, randn_from
 from glyphgen.diffusion.schedule import Sampler, check_guidance
 from glyphgen.text.tokenizer import BOS, EOS, NULL, PAD
 
@@ -101,13 +101,12 @@ def guided(model: Model, scale: float, null_kwargs: dict[str, Tensor], rescale: 
 
 
 def _initial_noise(
-    diffusion: GaussianDiffusion,
     shape: Sequence[int],
     noise: Tensor | None,
     generator: torch.Generator | None,
     device: torch.device | str,
 ) -> Tensor:
-    return noise.to(device) if noise is not None else diffusion.noise(tuple(shape), generator, device)
+    return noise.to(device) if noise is not None else randn_from(tuple(shape), generator, device)
 
 
 def _reverse_steps(
@@ -136,13 +135,13 @@ def p_sample_loop(
     progress: Progress | None = None,
 ) -> Tensor:
     """Ancestral DDPM sampling: x_{t-1} ~ p(x_{t-1} | x_t) from t = T-1 down to 0, starting at
-    `noise` or at `diffusion.noise` drawn from `generator`. Returns x_0 [B, C, H, W]."""
-    x = _initial_noise(diffusion, shape, noise, generator, device)
+    `noise` or at N(0, I) drawn from `generator`. Returns x_0 [B, C, H, W]."""
+    x = _initial_noise(shape, noise, generator, device)
     for i, t in _reverse_steps(diffusion, x, progress):
         out = diffusion.p_mean_variance(model, x, t, model_kwargs, clip_denoised, threshold)
         x = out["mean"]
         if i > 0:  # the last step returns the mean
-            x = x + (0.5 * out["log_variance"]).exp() * diffusion.noise(x.shape, generator, x.device, x.dtype)
+            x = x + (0.5 * out["log_variance"]).exp() * randn_from(x.shape, generator, x.device, x.dtype)
     return x
 
 
@@ -164,7 +163,7 @@ def ddim_sample_loop(
     """DDIM sampling (Song et al. 2021): x_{t-1} = sqrt(abar_{t-1}) x0_hat + sqrt(1 - abar_{t-1} -
     sigma^2) eps_hat + sigma z, with sigma = eta * sqrt((1 - abar_{t-1}) / (1 - abar_t)) *
     sqrt(1 - abar_t / abar_{t-1}); eta = 0 is deterministic given the starting noise."""
-    x = _initial_noise(diffusion, shape, noise, generator, device)
+    x = _initial_noise(shape, noise, generator, device)
     for i, t in _reverse_steps(diffusion, x, progress):
         out = diffusion.p_mean_variance(model, x, t, model_kwargs, clip_denoised, threshold)
         # eps consistent with the (clipped) x0 prediction, as in DDIM's reference implementation.
@@ -174,7 +173,7 @@ def ddim_sample_loop(
         sigma = eta * ((1 - abar_prev) / (1 - abar)).sqrt() * (1 - abar / abar_prev).sqrt()
         x = abar_prev.sqrt() * out["pred_x0"] + (1 - abar_prev - sigma**2).clamp(min=0).sqrt() * eps
         if i > 0 and eta > 0:
-            x = x + sigma * diffusion.noise(x.shape, generator, x.device, x.dtype)
+            x = x + sigma * randn_from(x.shape, generator, x.device, x.dtype)
     return x
 
 
@@ -199,7 +198,7 @@ def dpm_solver_pp_2m_loop(
     by the previous one: D = (1 + 1/(2r)) x0_s - x0_prev / (2r), r = h_prev / h. The first step, and
     the last (onto sigma = 0, where it returns the x0 prediction), are first order. Deterministic:
     one model call per step and no noise after the start."""
-    x = _initial_noise(diffusion, shape, noise, generator, device)
+    x = _initial_noise(shape, noise, generator, device)
     abar, abar_prev = diffusion.array("alphas_cumprod"), diffusion.array("alphas_cumprod_prev")
     prev_x0, prev_h = None, None
     for i, t in _reverse_steps(diffusion, x, progress):

@@ -166,11 +166,6 @@ class DiffusionConfig:
     dynamic thresholding (per sample, clip at that quantile of |x0| if above 1, then rescale)."""
     ddim_eta: float = 0.0
     """DDIM stochasticity: 0 is deterministic given the starting noise, 1 matches DDPM's variance."""
-    offset_noise: float = 0.0
-    """Std of a per-image, per-channel constant added to every noise draw (training, the sampler's
-    start and its later noise): offset noise. It lets the network learn to move an image's channel
-    means, which plain noise barely varies (std 1/side), so a model of grey data stops keeping the
-    start noise's channel-mean differences as a colour tint. 0 is plain N(0, I)."""
     noise_aug_max: float = 0.0
     """Superres: noise the low-res conditioning image to a random timestep up to this fraction of T
     during training (Imagen noise-conditioning augmentation); 0 disables it."""
@@ -204,7 +199,6 @@ class DiffusionConfig:
         )
         require(0 <= self.threshold < 1, "threshold", f"must be in [0, 1), got {self.threshold}")
         require(self.ddim_eta >= 0, "ddim_eta", f"must be >= 0, got {self.ddim_eta}")
-        require(0 <= self.offset_noise <= 1, "offset_noise", f"must be in [0, 1], got {self.offset_noise}")
         require(
             0 <= self.noise_aug_max <= 1,
             "noise_aug_max",

@@ -80,3 +80,25 @@ class ResBlock(nn.Module):
         h = self.in_conv(self.resample(self.in_layers(x)))
         h = self.out_layers(self.ada_norm(h, emb))
         return self.skip(self.resample(x)) + h
+
+
+class ChannelMeanPath(nn.Module):
+    """Adds A(t) m to the prediction, where m holds the noisy image's per-channel means and A is a
+    C x C matrix computed from the timestep embedding (zero at the start).
+
+    Every GroupNorm removes its group's mean, so a U-Net barely sees an image's mean colour, and its
+    prediction of it stays nearly the same whatever the input. Under v-prediction the x0 it implies
+    then keeps most of the input's channel means (eps amplifies them), so the start noise's
+    channel-mean differences survive sampling as a tint (BENCHMARKS.md "the channel-mean path").
+    This path gives those numbers a direct, linear route to the output, which Adam fits in a few
+    hundred steps however small their share of the loss."""
+
+    def __init__(self, channels: int, emb_dim: int):
+        super().__init__()
+        self.channels = channels
+        self.gain = nn.Sequential(nn.SiLU(), zero_module(nn.Linear(emb_dim, channels * channels)))
+
+    def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
+        gain = self.gain(emb).view(-1, self.channels, self.channels)
+        means = x.float().mean((2, 3))
+        return torch.einsum("bij,bj->bi", gain.float(), means)[:, :, None, None].to(x.dtype)

@@ -17,7 +17,7 @@ from torch import nn
 
 from glyphgen.config import Choice, require
 from glyphgen.models.attention import SelfAttention, WeaveAttention
-from glyphgen.models.blocks import ResBlock, group_norm, timestep_embedding, zero_module
+from glyphgen.models.blocks import ChannelMeanPath, ResBlock, group_norm, timestep_embedding, zero_module
 from glyphgen.models.text_encoder import TextEncoder, TextEncoderConfig
 
 
@@ -54,6 +54,10 @@ class UNetConfig:
     text_attention: TextAttention = TextAttention.weave
     """How the image sees the text: "weave" (frank's), "glide" (text appended to self-attention
     keys/values) or "none" (no text: an unconditional model)."""
+    mean_path: bool = False
+    """Give the noisy image's per-channel means a direct, timestep-dependent linear route to the
+    prediction (`ChannelMeanPath`): GroupNorm hides them from the rest of the network, which is why
+    samples of grey data keep the start noise's tint."""
     superres: bool = False
     """Super-resolution model: the low-res image is upsampled and concatenated to the input."""
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -162,6 +166,7 @@ class UNet(nn.Module):
         self.out = nn.Sequential(
             group_norm(ch), nn.SiLU(), zero_module(nn.Conv2d(ch, cfg.out_channels, 3, padding=1))
         )
+        self.mean_path = ChannelMeanPath(cfg.in_channels, emb_dim) if cfg.mean_path else None
 
     def forward(self, x, t, tokens=None, mask=None, low_res=None):
         emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels))
@@ -170,17 +175,21 @@ class UNet(nn.Module):
             if tokens is None or mask is None:
                 raise ValueError("this model is text-conditioned: pass tokens and mask")
             text, text_mask = self.text_encoder(tokens, mask, emb)
+        noisy = x
         if self.cfg.superres:
             if low_res is None:
                 raise ValueError("a super-resolution model needs the low-res image (low_res=...)")
             low_res = F.interpolate(low_res, size=x.shape[-2:], mode="bilinear", align_corners=False)
             x = torch.cat([x, low_res.to(x.dtype)], dim=1)
-        hs = []
-        h = x
+        hs, h = [], x
         for block in self.input_blocks:
             h = block(h, emb, text, text_mask)
             hs.append(h)
         h = self.middle_block(h, emb, text, text_mask)
         for block in self.output_blocks:
             h = block(torch.cat([h, hs.pop()], dim=1), emb, text, text_mask)
-        return self.out(h)
+        out = self.out(h)
+        if self.mean_path is None:
+            return out
+        c = self.cfg.in_channels  # the path adds to the prediction, not to the variance channels
+        return torch.cat([out[:, :c] + self.mean_path(noisy, emb), out[:, c:]], dim=1)

@@ -52,7 +52,7 @@ def map_base_key(key: str, shift: int) -> str | None:
 def _expected_new(
     key: str, base_inputs: int, base_outputs: int, shift: int, last_base_output_len: int
 ) -> bool:
-    if key.startswith("out.") or key.startswith("input_blocks.0."):
+    if key.startswith(("out.", "input_blocks.0.", "mean_path.")):  # a base without the path: zero start
         return True
     m = _INPUT.match(key)
     if m:
@@ -74,6 +74,7 @@ def check_sandwich(base: UNet, sr: UNet) -> None:
         "text_resolutions",
         "head_channels",
         "text_attention",
+        "mean_path",
         "text",
     )
     for name in same:

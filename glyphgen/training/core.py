@@ -22,7 +22,7 @@ import torch
 
 from glyphgen.config import load_config
 from glyphgen.data.loader import LoaderConfig, make_loader
-from glyphgen.diffusion import create_diffusion, drop_text, sample, with_options
+from glyphgen.diffusion import create_diffusion, drop_text, randn_from, sample, with_options
 from glyphgen.diffusion.pixels import to_uint8, to_unit
 from glyphgen.models.localisation import localisation_loss, recording_attention
 from glyphgen.models.registry import sized_model_config
@@ -135,7 +135,7 @@ class DiffusionCore(L.LightningModule):
             x0 = x0.contiguous(memory_format=torch.channels_last)
         tokens, mask = drop_text(batch["tokens"], batch["mask"], self.cfg.diffusion.p_uncond, g)
         t = self.diffusion.sample_t(x0.shape[0], x0.device, g)
-        noise = self.diffusion.noise(x0.shape, g, x0.device, x0.dtype)
+        noise = randn_from(x0.shape, g, x0.device, x0.dtype)
         localise = self.cfg.localisation > 0 and "boxes" in batch
         with recording_attention(self.model) if localise else contextlib.nullcontext() as maps:
             terms = self.diffusion.training_losses(
@@ -255,11 +255,15 @@ class DiffusionCore(L.LightningModule):
 
     def warm_start(self, path: str) -> str:
         """Start from an earlier stage of the same size: all of its EMA weights (superres overrides)."""
-        self.load_weights(self.warm_start_state(path))
-        return f"warm start: loaded all {len(self.model.state_dict())} tensors of {path} (EMA weights)"
+        state = self.warm_start_state(path)
+        self.load_weights(state)
+        return f"warm start: loaded all {len(state)} tensors of {path} (EMA weights)"
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
-        """Warm start (weights only) of both the live and the EMA network from a network state dict."""
+        """Warm start (weights only) of both the live and the EMA network from a network state dict.
+        A source without the channel-mean path keeps this network's: zero, so the same function."""
+        own = self.model.state_dict()
+        state = {**{k: v for k, v in own.items() if k.startswith("mean_path.")}, **state}
         self.model.load_state_dict(state)
         self.ema.load_state_dict(state)
 
