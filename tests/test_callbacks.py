@@ -72,7 +72,7 @@ class _Trainer:
 class _Module:
     samples_from_batch = False
 
-    def sample_images(self, texts, batch, seed, weights):
+    def sample_images(self, texts, batch, step, weights):
         return torch.zeros(len(texts), 3, 8, 8, dtype=torch.uint8)
 
 

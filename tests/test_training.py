@@ -121,6 +121,19 @@ def test_missing_data_is_named_before_the_run_folder_is_made(tmp_path, shards):
         assert not (tmp_path / "run").exists()
 
 
+def test_sample_grids_follow_their_seed_and_batch_size(shards):
+    def grid(step: int, **sample) -> torch.Tensor:
+        extra = {"sample.steps": "3", **{f"sample.{k}": v for k, v in sample.items()}}
+        module = PretrainSynthetic(to_dict(stage_cfg("pretrain-synthetic", shards, **extra)))
+        return module.sample_images(["A", "BC", "D"], step=step)
+
+    one_call = grid(0)
+    assert one_call.shape == (3, 3, 32, 32) and one_call.dtype == torch.uint8
+    assert grid(0, batch_size=2).shape == one_call.shape  # two sampler calls
+    assert torch.equal(grid(5), grid(0, seed=5))  # a grid's seed is sample.seed + its step
+    assert not torch.equal(grid(1), one_call)
+
+
 class HostReads(TorchFunctionMode):
     """Counts the calls that bring a tensor's value to the host: on a GPU each waits for the device."""
 

@@ -30,6 +30,7 @@ from glyphgen.data.shards import (
     remove_stale_partials,
     shard_members,
 )
+from glyphgen.files import replace_folder
 
 DUPLICATE = "duplicate image"
 """The skip reason of a dropped duplicate: the one `real_filters.Dedup` counts within a part."""
@@ -130,12 +131,8 @@ def merge_parts(
             "parts": sorted(seen, key=lambda label: parse_part(label)[0]),
         }
         (tmp / MANIFEST).write_text(json.dumps(merged, indent=1, sort_keys=True) + "\n")
-        old = out.with_name(f"{out.name}.old-{os.getpid()}")
-        if out.exists():
-            check_output_folder(out, overwrite)  # again: it may have changed since
-            out.rename(old)
-        tmp.rename(out)
-        shutil.rmtree(old, ignore_errors=True)  # links to the parts' files: the parts keep theirs
+        # The old folder holds links to the parts' files: removing it leaves the parts theirs.
+        replace_folder(tmp, out, lambda: check_output_folder(out, overwrite))
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -34,6 +34,7 @@ from PIL import Image, ImageDraw, ImageFont
 
 from glyphgen.data.real_filters import Dropped, count_chars
 from glyphgen.data.shards import Sample, ShardsExistError, Skipped, foreign_entries, shard_members
+from glyphgen.files import write_atomically
 
 REPORT_JSON = "report.json"
 REPORT_PNG = "report.png"
@@ -248,18 +249,17 @@ def clear_old_report(out: Path, overwrite: bool) -> None:
 def write_report(folder: str | Path, report: dict) -> None:
     """report.json and report.png in `folder`, each written under a temporary name and renamed."""
     folder = Path(folder)
-    tmp = folder / (REPORT_JSON + ".tmp")
     # One line per list of numbers (the histograms), so the file reads well.
     text = re.sub(
         r"\[\s+([-0-9.,e\s]+?)\s+\]",
         lambda m: f"[{' '.join(m.group(1).split())}]",
         json.dumps(report, indent=1),
     )
-    tmp.write_text(text + "\n")
-    tmp.rename(folder / REPORT_JSON)
-    tmp = folder / (REPORT_PNG + ".tmp")
-    render(folder, report).save(tmp, format="PNG")
-    tmp.rename(folder / REPORT_PNG)
+    for name, write in (
+        (REPORT_JSON, lambda tmp: tmp.write_text(text + "\n")),
+        (REPORT_PNG, lambda tmp: render(folder, report).save(tmp, format="PNG")),
+    ):
+        write_atomically(folder / name, write, tmp=folder / f"{name}.tmp")
 
 
 def read_report(folder: str | Path) -> dict | None:

@@ -62,6 +62,7 @@ from glyphgen.data.shards import (
     shard_members,
     tar_record,
 )
+from glyphgen.files import write_atomically
 
 IMAGE_MEMBERS = ("jpg", "jpeg", "png", "webp")
 """Image members of an img2dataset sample, in the order one is picked when a sample has several."""
@@ -187,11 +188,8 @@ def write_tar(path: Path, samples: list[Sample]) -> None:
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    write(tmp)
-    with open(tmp, "rb") as f:
-        os.fsync(f.fileno())
-    tmp.rename(path)
+    """`path` written under `NAME.tmp` (what a resume clears away), synced, then renamed."""
+    write_atomically(path, write, tmp=path.with_name(path.name + ".tmp"), fsync=True)
 
 
 def _settings(cfg: RealConfig) -> dict:

@@ -33,6 +33,7 @@ from typing import Any, ClassVar
 import webdataset as wds
 
 from glyphgen.config import require
+from glyphgen.files import replace_folder
 
 MANIFEST = "manifest.json"
 SHARD_PATTERN = "shard-%06d.tar"
@@ -259,12 +260,7 @@ class ShardOutput:
         (self._tmp / MANIFEST).write_text(json.dumps(manifest, indent=1, sort_keys=True) + "\n")
 
     def _swap_into_place(self) -> None:
-        old = self.out.with_name(f"{self.out.name}.old-{os.getpid()}")
-        if self.out.exists():
-            check_output_folder(self.out, self.overwrite)  # again: it may have changed since __enter__
-            self.out.rename(old)
-        self._tmp.rename(self.out)
-        shutil.rmtree(old, ignore_errors=True)
+        replace_folder(self._tmp, self.out, lambda: check_output_folder(self.out, self.overwrite))
 
 
 def read_manifest(folder: str | Path) -> dict:

@@ -19,6 +19,7 @@ from safetensors.torch import save_file
 from glyphgen.checkpoint_io import DTYPES, NETWORKS, check_tensors, network_state, read_checkpoint
 from glyphgen.config import load_config
 from glyphgen.diffusion import DiffusionConfig
+from glyphgen.files import replace_folder
 from glyphgen.inference.format import (
     CONFIG,
     WEIGHTS,
@@ -114,7 +115,7 @@ def export_bundle(
         # mkdtemp (and safetensors) make private files; a bundle is meant to be shared.
         tmp.chmod(0o777 & ~_umask())
         (tmp / WEIGHTS).chmod(0o666 & ~_umask())
-        _replace(tmp, out)
+        replace_folder(tmp, out)  # an existing `out` is a bundle: see `_not_a_bundle`
     finally:
         if tmp.exists():
             shutil.rmtree(tmp)
@@ -143,15 +144,3 @@ def _umask() -> int:
     mask = os.umask(0)
     os.umask(mask)
     return mask
-
-
-def _replace(new: Path, out: Path) -> None:
-    """Rename `new` to `out`; an existing `out` (a bundle: see `_not_a_bundle`) is moved aside first and
-    removed only afterwards."""
-    if not out.exists():
-        os.replace(new, out)
-        return
-    old = out.with_name(f".{out.name}.old-{os.getpid()}")
-    os.replace(out, old)
-    os.replace(new, out)
-    shutil.rmtree(old)

@@ -56,7 +56,7 @@ class SampleGrid(L.Callback):
         if not texts:
             return
         for weights in self.weights:
-            images = pl_module.sample_images(texts, batch, seed=step, weights=weights)
+            images = pl_module.sample_images(texts, batch, step=step, weights=weights)
             pictures = [Image.fromarray(img.permute(1, 2, 0).numpy()) for img in images]
             captions = list(texts)
             tag, suffix = ("", "") if weights == "ema" else ("raw_", "-raw")

@@ -3,13 +3,13 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from glyphgen.checkpoint_io import load_weights_only, network_state, read_checkpoint
+from glyphgen.files import write_atomically
 
 __all__ = ["AtomicCheckpointIO", "network_state", "read_checkpoint"]
 
@@ -22,12 +22,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint, path, storage_options=None) -> None:
         path = Path(path)
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-        try:
-            torch.save(checkpoint, tmp)
-            os.replace(tmp, path)
-        finally:
-            tmp.unlink(missing_ok=True)
+        write_atomically(path, lambda tmp: torch.save(checkpoint, tmp))
 
     def load_checkpoint(self, path, map_location=None, weights_only=None) -> dict:
         """The checkpoint at `path`, on the CPU (Lightning moves it where it belongs). Not only stage

@@ -276,24 +276,30 @@ class DiffusionCore(L.LightningModule):
 
     @torch.no_grad()
     def sample_images(
-        self, texts: list[str], batch: dict | None = None, seed: int = 0, weights: str = "ema"
+        self, texts: list[str], batch: dict | None = None, step: int = 0, weights: str = "ema"
     ) -> torch.Tensor:
         """Samples of the EMA (or, with `weights="raw"`, the trained) network for `texts` as uint8
         [B, C, H, W], with the grids' sampling options (by default the stage's diffusion config, as
-        its exported bundle would draw them)."""
-        options = with_options(self.cfg.sample, seed=seed).resolve(self.cfg.diffusion)
-        r = self.model_cfg.resolution
+        its exported bundle would draw them), `sample.batch_size` at a time, seeded with
+        `sample.seed + step` so each grid draws new noise."""
+        options = with_options(self.cfg.sample, seed=self.cfg.sample.seed + step).resolve(self.cfg.diffusion)
+        r, size = self.model_cfg.resolution, options.batch_size
+        kwargs = self.sample_kwargs(texts, batch)
+        generator = torch.Generator().manual_seed(options.seed)
         net = self.ema if weights == "ema" else self.model
         training = net.training
         net.eval()  # dropout off while sampling; the raw network goes back to training after
-        out = sample(
-            net,
-            self.diffusion,
-            (len(texts), self.model_cfg.in_channels, r, r),
-            **options.sampler_kwargs(),
-            model_kwargs=self.sample_kwargs(texts, batch),
-            generator=torch.Generator().manual_seed(options.seed),
-            device=self.device,
-        )
+        out = [
+            sample(
+                net,
+                self.diffusion,
+                (len(texts[start : start + size]), self.model_cfg.in_channels, r, r),
+                **options.sampler_kwargs(),
+                model_kwargs={k: v[start : start + size] for k, v in kwargs.items()},
+                generator=generator,
+                device=self.device,
+            )
+            for start in range(0, len(texts), size)
+        ]
         net.train(training)
-        return to_uint8(out)
+        return to_uint8(torch.cat(out))

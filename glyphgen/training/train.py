@@ -9,7 +9,6 @@ A folder with `complete.json` is skipped; one with `checkpoints/last.ckpt` is re
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 
@@ -22,6 +21,7 @@ from lightning.pytorch.utilities.exceptions import SIGTERMException
 from glyphgen.checkpoint_io import check_tensors
 from glyphgen.config import save_config, to_dict
 from glyphgen.data.shard_list import resolve_shards
+from glyphgen.files import write_atomically
 from glyphgen.training.callbacks import LossCurve, PreemptionCheckpoint, SampleGrid, StageComplete
 from glyphgen.training.checkpoints import AtomicCheckpointIO, read_checkpoint
 from glyphgen.training.config import StageConfig
@@ -110,15 +110,6 @@ def _check_resumable(last: Path, module: DiffusionCore) -> None:
     check_tensors(module.state_dict(), ckpt["state_dict"], last)
 
 
-def _write_atomically(cfg: StageConfig, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        save_config(cfg, tmp)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
 def train_stage(cfg: StageConfig, run_dir: str | Path) -> Path:
     """Train (or resume, or skip) one stage; returns the path of its final checkpoint."""
     run_dir = Path(run_dir)
@@ -136,7 +127,7 @@ def train_stage(cfg: StageConfig, run_dir: str | Path) -> Path:
         resolve_shards(spec)  # a missing shard folder is named here, not after the run folder is made
     # Only now, with the resume or warm start and the data readable, may the run record its config.
     run_dir.mkdir(parents=True, exist_ok=True)
-    _write_atomically(cfg, run_dir / "config.yaml")
+    write_atomically(run_dir / "config.yaml", lambda tmp: save_config(cfg, tmp))
     trainer = build_trainer(cfg, run_dir, module)
     with warnings.catch_warnings():
         # Expected here: an iterable data stream has no sampler to replace, and logs append on resume.
