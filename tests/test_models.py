@@ -92,7 +92,8 @@ def test_mean_path_routes_the_noisy_images_channel_means_to_the_prediction(name)
         assert torch.equal(model(**inputs), plain(**inputs))  # zero-initialised: today's network
         model.mean_path.gain[1].bias.copy_(torch.eye(3).flatten() * 2)  # A(t) = 2 I
         out, ref = model(**inputs), plain(**inputs)
-    added = 2 * r * inputs["x"].mean((2, 3))[:, :, None, None]  # means scaled by sqrt(pixels)
+    means = inputs["x"].mean((2, 3))
+    added = 2 * r * (means - means.mean(1, keepdim=True))[:, :, None, None]  # colour, scaled by sqrt(pixels)
     torch.testing.assert_close(out[:, :3], ref[:, :3] + added, atol=1e-5, rtol=0)
     assert torch.equal(out[:, 3:], ref[:, 3:])  # the variance channels are left alone
 

@@ -83,10 +83,11 @@ class ResBlock(nn.Module):
 
 
 class ChannelMeanPath(nn.Module):
-    """Adds A(t) m to the prediction, where m holds the noisy image's per-channel means times the
-    square root of its pixel count (so they have unit variance in pure noise, and the small weights
-    Adam reaches soon are enough) and A is a C x C matrix computed from the timestep embedding
-    (zero at the start).
+    """Adds A(t) m to the prediction, where m holds how the noisy image's per-channel means differ
+    from their average (its colour, not its brightness) times the square root of its pixel count (so
+    they have unit variance in pure noise, and the small weights Adam reaches soon are enough), and
+    A is a C x C matrix computed from the timestep embedding (zero at the start). Fed the brightness
+    too, the path's still-noisy gains turned a white page's large mean into colour noise.
 
     Every GroupNorm removes its group's mean, so a U-Net barely sees an image's mean colour, and its
     prediction of it stays nearly the same whatever the input. Under v-prediction the x0 it implies
@@ -103,4 +104,5 @@ class ChannelMeanPath(nn.Module):
     def forward(self, x: torch.Tensor, emb: torch.Tensor) -> torch.Tensor:
         gain = self.gain(emb).view(-1, self.channels, self.channels)
         means = x.float().mean((2, 3)) * math.sqrt(x.shape[2] * x.shape[3])
+        means = means - means.mean(1, keepdim=True)
         return torch.einsum("bij,bj->bi", gain.float(), means)[:, :, None, None].to(x.dtype)
