@@ -87,6 +87,11 @@ class UNetConfig:
         return self.in_channels * (2 if self.learn_sigma else 1)
 
 
+ZERO_STARTED = ("mean_path.",)
+"""Prefixes of the tensors a checkpoint made without them may lack: they start at zero, where the
+network is the same function as one without them, so a warm start leaves them so."""
+
+
 class ConditionedSequence(nn.ModuleList):
     """A sequence of layers, each called with the conditioning it needs."""
 

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from glyphgen.models.unet import UNet
+from glyphgen.models.unet import ZERO_STARTED, UNet
 
 _INPUT = re.compile(r"^input_blocks\.(\d+)\.")
 _OUTPUT = re.compile(r"^output_blocks\.(\d+)\.(\d+)\.")
@@ -52,7 +52,7 @@ def map_base_key(key: str, shift: int) -> str | None:
 def _expected_new(
     key: str, base_inputs: int, base_outputs: int, shift: int, last_base_output_len: int
 ) -> bool:
-    if key.startswith(("out.", "input_blocks.0.", "mean_path.")):  # a base without the path: zero start
+    if key.startswith(("out.", "input_blocks.0.", *ZERO_STARTED)):
         return True
     m = _INPUT.match(key)
     if m:

@@ -26,7 +26,7 @@ from glyphgen.diffusion import create_diffusion, drop_text, randn_from, sample, 
 from glyphgen.diffusion.pixels import to_uint8, to_unit
 from glyphgen.models.localisation import localisation_loss, recording_attention
 from glyphgen.models.registry import sized_model_config
-from glyphgen.models.unet import UNet, UNetConfig
+from glyphgen.models.unet import ZERO_STARTED, UNet, UNetConfig
 from glyphgen.text.alphabet import NULL
 from glyphgen.text.tokenizer import CharTokenizer, TokenizerConfig
 from glyphgen.training.checkpoints import network_state, read_checkpoint
@@ -261,9 +261,9 @@ class DiffusionCore(L.LightningModule):
 
     def load_weights(self, state: dict[str, torch.Tensor]) -> None:
         """Warm start (weights only) of both the live and the EMA network from a network state dict.
-        A source without the channel-mean path keeps this network's: zero, so the same function."""
+        Zero-started tensors the source lacks (`ZERO_STARTED`) keep this network's zeros."""
         own = self.model.state_dict()
-        state = {**{k: v for k, v in own.items() if k.startswith("mean_path.")}, **state}
+        state = {**{k: v for k, v in own.items() if k.startswith(ZERO_STARTED)}, **state}
         self.model.load_state_dict(state)
         self.ema.load_state_dict(state)
 
