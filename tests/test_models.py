@@ -34,7 +34,8 @@ def _randomize(model: torch.nn.Module) -> None:
 @pytest.mark.parametrize("name", list(MODELS))
 @pytest.mark.parametrize("mode", TextAttention.values())
 def test_shapes_for_every_size_and_mode(name, mode):
-    cfg = dataclasses.replace(model_config(name), text_attention=mode)
+    # The glyph canvas draws the transcript, so it comes with every text-conditioned mode.
+    cfg = dataclasses.replace(model_config(name), text_attention=mode, glyph_canvas=mode != "none")
     with torch.device("meta"):  # big sizes cost nothing on the meta device
         model = UNet(cfg)
         inputs = example_inputs(cfg, batch=2, text_length=20)

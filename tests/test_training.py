@@ -285,6 +285,14 @@ def test_warm_starts_load_weights_not_optimizer(tmp_path, shards):
             )
     started = {k: v for k, v in finetune.model.state_dict().items() if k.startswith("mean_path.")}
     assert started and all((v == 0).all() for v in started.values())
+    # A stage that draws the glyph canvas cannot start from one that did not: its input conv differs.
+    glyphs = FinetuneReal(
+        to_dict(stage_cfg("finetune-real", shards, steps=2, **{"model.glyph_canvas": "true"}))
+    )
+    with pytest.raises(
+        ValueError, match=r"input_blocks\.0\.0\.weight is \[32, 3, 3, 3\] but this stage's is \[32, 4"
+    ):
+        glyphs.warm_start(str(stage1))
 
     stage2 = train_stage(cfg2, tmp_path / "s2")
     ckpt2 = read_checkpoint(stage2)
@@ -340,7 +348,8 @@ def _nested(flat_yaml: str) -> str:
 
 
 def test_pipeline_runs_in_order_then_skips_finished_stages(tmp_path, shards, capsys):
-    path = write_pipeline(tmp_path, shards)
+    # With the shipped configs' switches on: warm starts and the sandwich carry both across stages.
+    path = write_pipeline(tmp_path, shards, {"model.glyph_canvas": "true", "model.mean_path": "true"})
     finals = run_pipeline(path)
     assert [f.parent.parent.name for f in finals] == ["pretrain-synthetic", "finetune-real", "superres"]
     stamps = [f.stat().st_mtime_ns for f in finals]

@@ -92,6 +92,14 @@ def _package_font_files() -> list[Path]:
     return files
 
 
+def package_font(file_name: str) -> str:
+    """The path of the font file named `file_name` that an installed `font-*` distribution ships."""
+    for path in _package_font_files():
+        if path.name == file_name:
+            return str(path)
+    raise FileNotFoundError(f"no installed font-* package ships {file_name}: reinstall glyphgen")
+
+
 def _font_name(tt: TTFont, path: Path) -> str:
     names = tt["name"]
     return names.getDebugName(6) or names.getDebugName(4) or path.stem

@@ -18,7 +18,9 @@ from torch import nn
 from glyphgen.config import Choice, require
 from glyphgen.models.attention import SelfAttention, WeaveAttention
 from glyphgen.models.blocks import ChannelMeanPath, ResBlock, group_norm, timestep_embedding, zero_module
+from glyphgen.models.glyphs import GlyphCanvas
 from glyphgen.models.text_encoder import TextEncoder, TextEncoderConfig
+from glyphgen.text.alphabet import DEFAULT_ALPHABET, SPECIALS
 
 
 class TextAttention(Choice):
@@ -58,6 +60,10 @@ class UNetConfig:
     """Give the noisy image's per-channel means a direct, timestep-dependent linear route to the
     prediction (`ChannelMeanPath`): GroupNorm hides them from the rest of the network, which is why
     samples of grey data keep the start noise's tint."""
+    glyph_canvas: bool = False
+    """Also feed the transcript drawn in a plain reference font (`GlyphCanvas`: one centred cell per
+    character) as an extra input channel, so the network sees the letters' shapes instead of having
+    to learn them from token ids alone."""
     superres: bool = False
     """Super-resolution model: the low-res image is upsampled and concatenated to the input."""
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -72,6 +78,16 @@ class UNetConfig:
             f"{self.resolution} cannot be halved {levels - 1} times",
         )
         self.text_attention = TextAttention.parse(self.text_attention, "text_attention")
+        require(
+            not self.glyph_canvas or self.text_attention != "none",
+            "glyph_canvas",
+            "draws the transcript: the model must be text-conditioned (text_attention weave or glide)",
+        )
+        require(
+            not self.glyph_canvas or self.text.vocab_size == len(SPECIALS) + len(DEFAULT_ALPHABET),
+            "glyph_canvas",
+            "draws the default alphabet's tokens only: text.vocab_size must be the default",
+        )
         feature_sizes = {self.resolution >> i for i in range(levels)}
         for key in ("attention_resolutions", "text_resolutions"):
             bad = sorted(set(getattr(self, key)) - feature_sizes)
@@ -109,7 +125,8 @@ class ConditionedSequence(nn.ModuleList):
 
 
 class UNet(nn.Module):
-    """model(x_t [B, C, H, W], t [B], tokens [B, L], mask [B, L], low_res=None) -> [B, out_channels, H, W]."""
+    """model(x_t [B, C, H, W], t [B], tokens [B, L], mask [B, L], low_res=None, text_box=None)
+    -> [B, out_channels, H, W]. `text_box` (training only) aligns the glyph canvas with the text."""
 
     def __init__(self, cfg: UNetConfig):
         super().__init__()
@@ -127,7 +144,12 @@ class UNet(nn.Module):
                 [SelfAttention(ch, cfg.head_channels, glide_dim)] if res in cfg.attention_resolutions else []
             )
 
-        in_ch = cfg.in_channels * (2 if cfg.superres else 1)
+        in_ch = cfg.in_channels * (2 if cfg.superres else 1) + int(cfg.glyph_canvas)
+        self.glyph_canvas = (
+            GlyphCanvas(cfg.resolution, DEFAULT_ALPHABET, len(SPECIALS), cfg.text.newline_id)
+            if cfg.glyph_canvas
+            else None
+        )
         ch, res = mc * cfg.channel_mult[0], cfg.resolution
         self.input_blocks = nn.ModuleList([ConditionedSequence([nn.Conv2d(in_ch, ch, 3, padding=1)])])
         skips = [ch]
@@ -173,7 +195,7 @@ class UNet(nn.Module):
         )
         self.mean_path = ChannelMeanPath(cfg.in_channels, emb_dim) if cfg.mean_path else None
 
-    def forward(self, x, t, tokens=None, mask=None, low_res=None):
+    def forward(self, x, t, tokens=None, mask=None, low_res=None, text_box=None):
         emb = self.time_embed(timestep_embedding(t, self.cfg.model_channels))
         text = text_mask = None
         if self.text_encoder is not None:
@@ -186,6 +208,8 @@ class UNet(nn.Module):
                 raise ValueError("a super-resolution model needs the low-res image (low_res=...)")
             low_res = F.interpolate(low_res, size=x.shape[-2:], mode="bilinear", align_corners=False)
             x = torch.cat([x, low_res.to(x.dtype)], dim=1)
+        if self.glyph_canvas is not None:
+            x = torch.cat([x, self.glyph_canvas(tokens, text_box).to(x.dtype)], dim=1)
         hs, h = [], x
         for block in self.input_blocks:
             h = block(h, emb, text, text_mask)

@@ -175,6 +175,11 @@ class StageConfig:
     """Weight of the character localisation loss (0: off): each character token's image-to-text
     attention in the weave layers is pulled onto its ink box. Needs weave attention and shards that
     store `char_boxes` (synthetic ones do); samples without boxes add nothing."""
+    align_glyphs: bool = False
+    """With `model.glyph_canvas`, move each training sample's canvas onto its text's ink box (the
+    union of the `char_boxes` synthetic shards store), so the network learns to draw over the
+    letters it is shown; sampling draws the canvas where it always is. Samples without boxes keep
+    the plain canvas."""
     init_from: str | None = None
     """Checkpoint to warm-start from (weights only; set by the pipeline for stages 2 and 3)."""
     init_model_size: str | None = None
@@ -194,6 +199,11 @@ class StageConfig:
             "localisation",
             "needs model.text_attention weave (the loss reads the weave layers' attention), "
             f"got {str(model.text_attention)!r}",
+        )
+        require(
+            not self.align_glyphs or model.glyph_canvas,
+            "align_glyphs",
+            "moves the glyph canvas: set model.glyph_canvas too",
         )
         side = model.resolution
         require(

@@ -24,6 +24,7 @@ from glyphgen.config import load_config
 from glyphgen.data.loader import LoaderConfig, make_loader
 from glyphgen.diffusion import create_diffusion, drop_text, randn_from, sample, with_options
 from glyphgen.diffusion.pixels import to_uint8, to_unit
+from glyphgen.models.glyphs import text_box
 from glyphgen.models.localisation import localisation_loss, recording_attention
 from glyphgen.models.registry import sized_model_config
 from glyphgen.models.unet import ZERO_STARTED, UNet, UNetConfig
@@ -92,7 +93,8 @@ class DiffusionCore(L.LightningModule):
     def loader_config(self) -> LoaderConfig:
         """The stage's data stream (at the model's resolution: `StageConfig` sees to it)."""
         return dataclasses.replace(
-            self.cfg.data, char_boxes=self.cfg.data.char_boxes or self.cfg.localisation > 0
+            self.cfg.data,
+            char_boxes=self.cfg.data.char_boxes or self.cfg.localisation > 0 or self.cfg.align_glyphs,
         )
 
     def train_dataloader(self):
@@ -136,6 +138,8 @@ class DiffusionCore(L.LightningModule):
         tokens, mask = drop_text(batch["tokens"], batch["mask"], self.cfg.diffusion.p_uncond, g)
         t = self.diffusion.sample_t(x0.shape[0], x0.device, g)
         noise = randn_from(x0.shape, g, x0.device, x0.dtype)
+        if self.cfg.align_glyphs and "boxes" in batch:
+            kwargs["text_box"] = text_box(batch["boxes"])
         localise = self.cfg.localisation > 0 and "boxes" in batch
         with recording_attention(self.model) if localise else contextlib.nullcontext() as maps:
             terms = self.diffusion.training_losses(
@@ -256,6 +260,13 @@ class DiffusionCore(L.LightningModule):
     def warm_start(self, path: str) -> str:
         """Start from an earlier stage of the same size: all of its EMA weights (superres overrides)."""
         state = self.warm_start_state(path)
+        own = self.model.state_dict()
+        for key, value in state.items():
+            if key in own and own[key].shape != value.shape:
+                raise ValueError(
+                    f"{path}: its {key} is {list(value.shape)} but this stage's is {list(own[key].shape)}; "
+                    "the two stages' model settings differ (model_size, or model keys such as glyph_canvas)"
+                )
         self.load_weights(state)
         return f"warm start: loaded all {len(state)} tensors of {path} (EMA weights)"
 

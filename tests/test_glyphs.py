@@ -1,0 +1,154 @@
+"""The glyph canvas: the transcript drawn in the reference font as the U-Net's extra input channel."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from glyphgen.config import ConfigError, load_config, to_dict
+from glyphgen.data.build import build
+from glyphgen.data.loader import make_loader
+from glyphgen.diffusion.sampling import null_text_like
+from glyphgen.models.glyphs import GlyphCanvas, text_box
+from glyphgen.models.registry import model_config, sized_model_config
+from glyphgen.models.unet import UNet
+from glyphgen.text.alphabet import DEFAULT_ALPHABET, SPECIALS
+from glyphgen.text.tokenizer import CharTokenizer
+from glyphgen.training.config import StageConfig
+from glyphgen.training.stages import PretrainSynthetic
+
+TOK = CharTokenizer()
+NEWLINE = len(SPECIALS) + DEFAULT_ALPHABET.index("\n")
+
+
+def canvas(texts: list[str], side: int = 32, pad_to: int | None = None) -> torch.Tensor:
+    tokens, _ = TOK.batch(texts, pad_to=pad_to)
+    return GlyphCanvas(side, DEFAULT_ALPHABET, len(SPECIALS), NEWLINE)(tokens)[:, 0]
+
+
+def ink_extent(image: torch.Tensor) -> tuple[list[int], list[int]]:
+    """Rows and columns with any ink."""
+    ink = image > -0.9
+    return ink.any(1).nonzero().flatten().tolist(), ink.any(0).nonzero().flatten().tolist()
+
+
+def test_the_null_text_and_blank_transcripts_draw_a_blank_canvas():
+    tokens, mask = TOK.batch(["THE", "   ", ""])
+    null, _ = null_text_like(tokens, mask)
+    layer = GlyphCanvas(32, DEFAULT_ALPHABET, len(SPECIALS), NEWLINE)
+    assert (layer(null) == -1).all()  # guidance's unconditional branch sees no letters
+    out = layer(tokens)
+    assert (out[1:] == -1).all() and (out[0] > 0).any()
+    assert out.min() >= -1 and out.max() <= 1
+
+
+def test_each_letter_draws_its_own_shape_and_padding_changes_nothing():
+    images = canvas(["I", "O", "IO"], pad_to=12)
+    assert torch.equal(canvas(["I", "O", "IO"]), images)  # the layout counts characters, not pads
+    i, o = images[0], images[1]
+    assert (o > -1).sum() > 2 * (i > -1).sum()  # an O carries much more ink than an I
+    assert not torch.equal(images[2], images[0])
+
+
+def test_the_block_is_centred_and_fits_the_canvas():
+    short, long, two = canvas(["AB", "ABCDEFGH", "AB\nCD"])
+    rows_s, cols_s = ink_extent(short)
+    rows_l, cols_l = ink_extent(long)
+    assert cols_l[-1] - cols_l[0] >= 24 and cols_l[0] >= 1 and cols_l[-1] <= 30  # fills, within margins
+    assert len(rows_l) < len(rows_s)  # a long line is drawn in smaller letters
+    for cols in (cols_s, cols_l):  # centred horizontally to within a pixel or two
+        assert abs((cols[0] + cols[-1]) / 2 - 15.5) <= 2
+    rows_2, _ = ink_extent(two)
+    assert rows_2[0] < rows_s[0] and rows_2[-1] > rows_s[-1]  # two lines reach above and below one
+    assert abs((rows_2[0] + rows_2[-1]) / 2 - 15.5) <= 3
+    assert (two[rows_2[0] : rows_2[0] + 3] > -1).any() and (two[rows_2[-1] - 2 : rows_2[-1] + 1] > -1).any()
+
+
+def test_unknown_characters_keep_their_cell():
+    # "é" is not in the alphabet: UNK draws nothing but still takes a cell, as the encoder counts it.
+    with_unknown, with_space = canvas(["AéB", "A B"])
+    assert torch.equal(with_unknown, with_space)
+
+
+@pytest.mark.parametrize("side", [32, 64, 128])
+def test_every_resolution_draws_the_same_layout(side):
+    small = canvas(["Wg"], side=32)[0]
+    big = canvas(["Wg"], side=side)[0]
+    pooled = torch.nn.functional.avg_pool2d(big[None, None], side // 32)[0, 0]
+    assert (pooled - small).abs().mean() < 0.05
+
+
+@pytest.mark.parametrize("glyphs", [True, False])
+def test_the_unet_sees_the_canvas(glyphs):
+    cfg = dataclasses.replace(model_config("tiny"), glyph_canvas=glyphs)
+    torch.manual_seed(0)
+    model = UNet(cfg).eval()
+    assert model.input_blocks[0][0].in_channels == 3 + glyphs
+    # The atlas travels with the weights, so a bundle draws the glyphs it was trained with.
+    assert [k for k in model.state_dict() if "glyph" in k] == (["glyph_canvas.atlas"] if glyphs else [])
+    with torch.no_grad():
+        for p in model.parameters():
+            p.add_(torch.randn_like(p) * 0.02)
+        for p in model.text_encoder.parameters():  # the text attention now sees the same for any prompt
+            p.zero_()
+        x, t = torch.randn(1, 3, 32, 32), torch.tensor([500])
+        ab, ox = model(x, t, *TOK.batch(["AB"])), model(x, t, *TOK.batch(["OX"]))
+    assert torch.allclose(ab, ox, atol=1e-4) != glyphs  # only the canvas still tells them apart
+
+
+def test_a_canvas_needs_text_and_the_default_alphabet():
+    with pytest.raises(ConfigError, match="glyph_canvas"):
+        sized_model_config("tiny", {"glyph_canvas": True, "text_attention": "none"})
+    with pytest.raises(ConfigError, match="glyph_canvas"):
+        sized_model_config("tiny", {"glyph_canvas": True, "text": {"vocab_size": 200}})
+
+
+def test_text_box_is_the_union_of_the_character_boxes():
+    boxes = torch.zeros(2, 5, 4)
+    boxes[0, 1] = torch.tensor([0.2, 0.4, 0.3, 0.6])
+    boxes[0, 3] = torch.tensor([0.5, 0.3, 0.7, 0.5])  # token 2 (a space) has no box
+    assert text_box(boxes).tolist() == [pytest.approx([0.2, 0.3, 0.7, 0.6]), [0.0] * 4]
+
+
+def test_aligning_moves_the_ink_onto_the_text_box():
+    tokens, _ = TOK.batch(["THE", "AB\nCD", "IT"])
+    layer = GlyphCanvas(32, DEFAULT_ALPHABET, len(SPECIALS), NEWLINE)
+    box = torch.tensor([[0.5, 0.0625, 0.9375, 0.25], [0.0, 0.5, 0.5, 1.0], [0.0, 0.0, 0.0, 0.0]])
+    plain, moved = layer(tokens), layer(tokens, box)
+    for image, (x0, y0, x1, y1) in zip(moved[:2, 0], box[:2].tolist(), strict=True):
+        rows, cols = ink_extent(image)
+        assert abs(cols[0] - x0 * 32) <= 1 and abs(cols[-1] + 1 - x1 * 32) <= 1
+        assert abs(rows[0] - y0 * 32) <= 1 and abs(rows[-1] + 1 - y1 * 32) <= 1
+    assert torch.equal(moved[2], plain[2])  # no box: the canvas stays where it is
+
+
+class Drawn(Exception):
+    """Stops a training step once the canvas has been asked for."""
+
+
+def test_training_aligns_the_canvas_with_the_shards_character_boxes(tmp_path, monkeypatch):
+    build("synthetic", values={"out": str(tmp_path / "s"), "resolution": 32, "count": 8, "workers": 1})
+    overrides = [
+        f"data.shards={tmp_path / 's'}",
+        "data.batch_size=4",
+        "data.num_workers=0",
+        "model.glyph_canvas=true",
+        "align_glyphs=true",
+        "diffusion.p_uncond=0",
+    ]
+    module = PretrainSynthetic(to_dict(load_config(StageConfig, overrides=overrides)))
+    seen = []
+
+    def record(tokens, box=None):
+        seen.append(box)
+        raise Drawn
+
+    monkeypatch.setattr(module.model.glyph_canvas, "forward", record)
+    batch = next(iter(make_loader(module.loader_config(), module.tokenizer)))
+    with pytest.raises(Drawn):
+        module.training_step(batch, 0)
+    assert torch.equal(seen[0], text_box(batch["boxes"])) and (seen[0][:, 2] > seen[0][:, 0]).all()
+    with pytest.raises(ConfigError, match="^align_glyphs: moves the glyph canvas"):
+        load_config(StageConfig, overrides=["align_glyphs=true"])
