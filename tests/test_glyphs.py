@@ -14,7 +14,7 @@ from glyphgen.diffusion.sampling import null_text_like
 from glyphgen.models.glyphs import GlyphCanvas, text_box
 from glyphgen.models.registry import model_config, sized_model_config
 from glyphgen.models.unet import UNet
-from glyphgen.text.alphabet import DEFAULT_ALPHABET, SPECIALS
+from glyphgen.text.alphabet import DEFAULT_ALPHABET, SPECIALS, UNK
 from glyphgen.text.tokenizer import CharTokenizer
 from glyphgen.training.config import StageConfig
 from glyphgen.training.stages import PretrainSynthetic
@@ -25,7 +25,7 @@ NEWLINE = len(SPECIALS) + DEFAULT_ALPHABET.index("\n")
 
 def canvas(texts: list[str], side: int = 32, pad_to: int | None = None) -> torch.Tensor:
     tokens, _ = TOK.batch(texts, pad_to=pad_to)
-    return GlyphCanvas(side, DEFAULT_ALPHABET, len(SPECIALS), NEWLINE)(tokens)[:, 0]
+    return GlyphCanvas(side, DEFAULT_ALPHABET, len(SPECIALS), NEWLINE, UNK)(tokens)[:, 0]
 
 
 def ink_extent(image: torch.Tensor) -> tuple[list[int], list[int]]:
@@ -37,7 +37,7 @@ def ink_extent(image: torch.Tensor) -> tuple[list[int], list[int]]:
 def test_the_null_text_and_blank_transcripts_draw_a_blank_canvas():
     tokens, mask = TOK.batch(["THE", "   ", ""])
     null, _ = null_text_like(tokens, mask)
-    layer = GlyphCanvas(32, DEFAULT_ALPHABET, len(SPECIALS), NEWLINE)
+    layer = GlyphCanvas(32, DEFAULT_ALPHABET, len(SPECIALS), NEWLINE, UNK)
     assert (layer(null) == -1).all()  # guidance's unconditional branch sees no letters
     out = layer(tokens)
     assert (out[1:] == -1).all() and (out[0] > 0).any()
@@ -66,10 +66,17 @@ def test_the_block_is_centred_and_fits_the_canvas():
     assert (two[rows_2[0] : rows_2[0] + 3] > -1).any() and (two[rows_2[-1] - 2 : rows_2[-1] + 1] > -1).any()
 
 
-def test_unknown_characters_keep_their_cell():
-    # "é" is not in the alphabet: UNK draws nothing but still takes a cell, as the encoder counts it.
-    with_unknown, with_space = canvas(["AéB", "A B"])
-    assert torch.equal(with_unknown, with_space)
+def test_unknown_characters_keep_their_room():
+    # "é" is not in the alphabet: UNK draws nothing but still takes room, as the encoder counts it.
+    with_unknown, plain = canvas(["AéB", "AB"])
+    (_, cols_unknown), (_, cols_plain) = ink_extent(with_unknown), ink_extent(plain)
+    assert cols_unknown[-1] - cols_unknown[0] >= cols_plain[-1] - cols_plain[0] + 5
+    assert abs((with_unknown > 0).sum() - (plain > 0).sum()) <= 0.1 * (plain > 0).sum()
+
+
+def test_letters_are_set_at_their_own_widths():
+    narrow, wide = canvas(["IIII", "WWWW"])
+    assert len(ink_extent(wide)[1]) > 1.5 * len(ink_extent(narrow)[1])
 
 
 @pytest.mark.parametrize("side", [32, 64, 128])
@@ -87,7 +94,9 @@ def test_the_unet_sees_the_canvas(glyphs):
     model = UNet(cfg).eval()
     assert model.input_blocks[0][0].in_channels == 3 + glyphs
     # The atlas travels with the weights, so a bundle draws the glyphs it was trained with.
-    assert [k for k in model.state_dict() if "glyph" in k] == (["glyph_canvas.atlas"] if glyphs else [])
+    assert [k for k in model.state_dict() if "glyph" in k] == (
+        ["glyph_canvas.atlas", "glyph_canvas.advance"] if glyphs else []
+    )
     with torch.no_grad():
         for p in model.parameters():
             p.add_(torch.randn_like(p) * 0.02)
@@ -114,7 +123,7 @@ def test_text_box_is_the_union_of_the_character_boxes():
 
 def test_aligning_moves_the_ink_onto_the_text_box():
     tokens, _ = TOK.batch(["THE", "AB\nCD", "IT"])
-    layer = GlyphCanvas(32, DEFAULT_ALPHABET, len(SPECIALS), NEWLINE)
+    layer = GlyphCanvas(32, DEFAULT_ALPHABET, len(SPECIALS), NEWLINE, UNK)
     box = torch.tensor([[0.5, 0.0625, 0.9375, 0.25], [0.0, 0.5, 0.5, 1.0], [0.0, 0.0, 0.0, 0.0]])
     plain, moved = layer(tokens), layer(tokens, box)
     for image, (x0, y0, x1, y1) in zip(moved[:2, 0], box[:2].tolist(), strict=True):

@@ -196,6 +196,18 @@ def test_sandwich_warm_start_report_is_exact(sr_name):
             assert torch.equal(sr_state[dest], base.state_dict()[src])
 
 
+@pytest.mark.parametrize("sr_canvas", [True, False])
+def test_sandwich_neither_copies_nor_expects_the_glyph_canvas(sr_canvas):
+    # The canvas is drawn from a font: the superres model may go with or without the base's.
+    base = UNet(dataclasses.replace(model_config("tiny"), glyph_canvas=True))
+    sr = UNet(dataclasses.replace(model_config("tiny-sr"), glyph_canvas=sr_canvas))
+    report = sandwich_warm_start(sr, base.state_dict(), base)
+    drawn = {"glyph_canvas.atlas", "glyph_canvas.advance"}
+    assert drawn <= set(report.dropped) and not drawn & set(report.loaded.values())
+    assert (drawn <= set(report.new)) == sr_canvas
+    assert sr.input_blocks[0][0].in_channels == 6 + sr_canvas
+
+
 def test_sandwich_rejects_mismatched_models():
     with torch.device("meta"):
         base, sr = create_model("tiny"), create_model("sr256")

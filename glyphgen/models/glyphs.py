@@ -1,15 +1,18 @@
 """The glyph canvas: the transcript drawn in one plain reference font, as an extra input channel.
 
 A model that only reads character tokens must learn what every letter looks like before it can
-draw one; with the canvas it sees the letters' shapes, in a fixed layout (each line centred, one
-equal cell per character, the whole block centred), and learns to restyle and place them. The
-canvas is a pure function of the tokens, computed inside the network, so classifier-free guidance
-needs nothing new: the null transcript has no characters and draws a blank canvas, in training
-(text dropout) and in sampling alike.
+draw one; with the canvas it sees the letters' shapes, set as plain text (each line centred, each
+character as wide as the font's advance, the block centred and fitted to the image), and learns to
+restyle them. Training can move each canvas onto where its image's text really is
+(`align_glyphs`), so the network learns to draw over the letters it is shown. The canvas is a pure
+function of the tokens, computed inside the network, so classifier-free guidance needs nothing new:
+the null transcript has no characters and draws a blank canvas, in training (text dropout) and in
+sampling alike.
 
-The letter shapes come from an atlas, one bitmap per token id, rendered once from a font that ships
-as a Python package. Pixels are drawn by lookup at SUPERSAMPLE x the side and averaged down, so
-small canvases are anti-aliased and the cost is a gather per pixel, whatever the transcript's length.
+The letter shapes come from an atlas, one bitmap per token id stretched over its advance, rendered
+once from a font that ships as a Python package and then stored with the weights. Pixels are drawn
+by lookup at up to 4 x the side and averaged down, so small canvases are anti-aliased and the cost
+is one search and one gather per pixel, whatever the transcript's length.
 """
 
 from __future__ import annotations
@@ -28,51 +31,62 @@ from glyphgen.text.alphabet import BOS, EOS, NULL, PAD
 REFERENCE_FONT = "SourceSansPro-Bold.ttf"
 """The atlas's font: a plain, bold sans serif (the `font-source-sans-pro` dependency)."""
 ATLAS_HEIGHT, ATLAS_WIDTH = 32, 24
-"""One atlas cell in pixels; a canvas cell keeps its aspect ratio."""
+"""One atlas bitmap in pixels: a line's height, and the columns its advance is stretched over."""
 _FONT_SIZE, _BASELINE = 30, 25
-"""Font size and baseline row in an atlas cell: capitals and descenders both fit."""
+"""Font size and baseline row in an atlas bitmap: capitals and descenders both fit."""
+UNKNOWN_ADVANCE = 0.5
+"""Advance, in line heights, of a character the alphabet lacks (drawn blank)."""
 MARGIN = 0.875
 """Share of the canvas side the text block may fill."""
-MAX_CELL = 0.5
-"""A cell is at most this share of the side high, so one or two letters are not drawn huge."""
+MAX_LINE = 0.5
+"""A line is at most this share of the side high, so one or two letters are not drawn huge."""
 
 
 @lru_cache(maxsize=4)
-def glyph_atlas(alphabet: str, specials: int) -> torch.Tensor:
-    """[specials + len(alphabet), ATLAS_HEIGHT, ATLAS_WIDTH] ink in [0, 1], one cell per token id;
-    special tokens, whitespace and characters the font lacks are blank. A glyph wider than a cell is
-    squeezed to fit, so every character keeps its own cell. Cached: clone before changing it."""
+def glyph_atlas(alphabet: str, specials: int, unknown: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """(ink [V, ATLAS_HEIGHT, ATLAS_WIDTH] in [0, 1], advance [V] in line heights) for the V =
+    specials + len(alphabet) token ids: each character drawn over its advance width and stretched
+    to the bitmap's width. Specials and the newline take no room; `unknown` (UNK) and characters
+    the font lacks take UNKNOWN_ADVANCE, blank. Cached: clone before changing them."""
     font = load_font(package_font(REFERENCE_FONT), _FONT_SIZE)
-    atlas = np.zeros((specials + len(alphabet), ATLAS_HEIGHT, ATLAS_WIDTH), dtype=np.float32)
-    for i, ch in enumerate(alphabet):
-        if ch.isspace() or font.getmask(ch).getbbox() is None:
+    ink = np.zeros((specials + len(alphabet), ATLAS_HEIGHT, ATLAS_WIDTH), dtype=np.float32)
+    advance = np.zeros(specials + len(alphabet), dtype=np.float32)
+    advance[unknown] = UNKNOWN_ADVANCE
+    for i, ch in enumerate(alphabet, start=specials):
+        if ch == "\n":
             continue
-        x0, _, x1, _ = font.getbbox(ch, anchor="ls")
-        wide = max(ATLAS_WIDTH, x1 - x0 + 2)
-        img = Image.new("L", (wide, ATLAS_HEIGHT), 0)
-        ImageDraw.Draw(img).text((wide / 2 - (x0 + x1) / 2, _BASELINE), ch, fill=255, font=font, anchor="ls")
-        if wide > ATLAS_WIDTH:
-            img = img.resize((ATLAS_WIDTH, ATLAS_HEIGHT), Image.Resampling.BOX)
-        atlas[specials + i] = np.asarray(img, dtype=np.float32) / 255
-    return torch.from_numpy(atlas)
+        drawn = ch.isspace() or font.getmask(ch).getbbox() is not None
+        width = font.getlength(ch)
+        if not drawn or width < 1:
+            advance[i] = UNKNOWN_ADVANCE
+            continue
+        advance[i] = width / ATLAS_HEIGHT
+        img = Image.new("L", (round(width), ATLAS_HEIGHT), 0)
+        ImageDraw.Draw(img).text((0, _BASELINE), ch, fill=255, font=font, anchor="ls")
+        img = img.resize((ATLAS_WIDTH, ATLAS_HEIGHT), Image.Resampling.BILINEAR)
+        ink[i] = np.asarray(img, dtype=np.float32) / 255
+    return torch.from_numpy(ink), torch.from_numpy(advance)
 
 
 class GlyphCanvas(nn.Module):
-    """canvas(tokens [B, L]) -> [B, 1, side, side] in [-1, 1]: the transcript's characters drawn at
-    +1 on -1. Every token that is not PAD, BOS, EOS, NULL or the newline takes one cell of its line,
-    unknown characters included (blank), so the layout counts what the encoder counts."""
+    """canvas(tokens [B, L], text_box=None) -> [B, 1, side, side] in [-1, 1]: the transcript drawn
+    at +1 on -1. Every token that is not PAD, BOS, EOS, NULL or the newline takes its advance on its
+    line, unknown characters included (blank), so the layout counts what the encoder counts."""
 
     SUPERSAMPLE_SIDE = 256
     """Lookups are made at up to 4 x the side, at most this many pixels across."""
 
-    def __init__(self, side: int, alphabet: str, specials: int, newline_id: int):
+    def __init__(self, side: int, alphabet: str, specials: int, newline_id: int, unknown_id: int):
         super().__init__()
         self.side = side
         self.newline_id = newline_id
         self.scale = max(1, min(4, self.SUPERSAMPLE_SIDE // side))
         # Saved with the weights, so a bundle draws the glyphs it was trained with whatever font
         # version is installed. Made on the default device (bundles load on the meta device).
-        self.register_buffer("atlas", glyph_atlas(alphabet, specials).to(torch.empty(0).device, copy=True))
+        device = torch.empty(0).device
+        ink, advance = glyph_atlas(alphabet, specials, unknown_id)
+        self.register_buffer("atlas", ink.to(device, copy=True))
+        self.register_buffer("advance", advance.to(device, copy=True))
 
     def forward(self, tokens: torch.Tensor, text_box: torch.Tensor | None = None) -> torch.Tensor:
         """With `text_box` [B, 4] (x0, y0, x1, y1 as fractions of the side; all zero for none), each
@@ -115,40 +129,46 @@ class GlyphCanvas(nn.Module):
         cell = ~newline
         for special in (PAD, BOS, EOS, NULL):
             cell &= tokens != special
+        width = torch.where(cell, self.advance.float()[tokens], 0.0)  # in line heights
         line = torch.cumsum(newline.long(), 1)  # the line each token is on
-        lines = torch.where(cell, line + 1, 0).amax(1)  # lines up to the last one with a character
-        per_line = torch.zeros(batch, length + 1, dtype=torch.long, device=device)
-        per_line.scatter_add_(1, line, cell.long())
-        position = torch.arange(length, device=device).expand(batch, length)
-        first = torch.full((batch, length + 1), length, dtype=torch.long, device=device)
-        first.scatter_reduce_(1, line, torch.where(cell, position, length), "amin")
+        lines = torch.where(cell, line + 1, 0).amax(1)  # up to the last line with a character
+        # Where each token starts on its line: the running sum of advances since the line began.
+        before = torch.cumsum(width, 1) - width
+        line_start = torch.full((batch, length + 1), float("inf"), device=device)
+        line_start.scatter_reduce_(1, line, before, "amin")
+        start = before - line_start.gather(1, line)
+        line_width = torch.zeros(batch, length + 1, device=device).scatter_add_(1, line, width)
 
-        # Cell size per sample: the widest line and the line count both fit, in cells of the
-        # atlas's aspect ratio.
+        # The line height: every line fits across, all lines fit down, and none is drawn too big.
         fill = MARGIN * self.side
-        aspect = ATLAS_WIDTH / ATLAS_HEIGHT
-        widest = per_line.amax(1).clamp(min=1).float()
-        height = torch.minimum(fill / lines.clamp(min=1).float(), fill / (widest * aspect))
-        height = height.clamp(max=MAX_CELL * self.side)[:, None, None]
-        width = height * aspect
-        top = (self.side - lines[:, None, None] * height) / 2
+        height = torch.minimum(fill / lines.clamp(min=1), fill / line_width.amax(1).clamp(min=1e-6))
+        height = height.clamp(max=MAX_LINE * self.side)[:, None]
+        top = (self.side - lines[:, None] * height) / 2
 
         n = self.side * self.scale
         centres = (torch.arange(n, device=device, dtype=torch.float32) + 0.5) / self.scale
-        y, x = centres[None, :, None], centres[None, None, :]
-        row = torch.floor((y - top) / height)  # [B, n, 1]
-        row_ok = (row >= 0) & (row < lines[:, None, None])
+        row = torch.floor((centres[None] - top) / height)  # [B, n]: the line each pixel row is on
+        row_ok = (row >= 0) & (row < lines[:, None])
         row_idx = row.clamp(0, length).long()
-        row_len = per_line.gather(1, row_idx[:, :, 0])[:, :, None]  # characters on that row
-        left = (self.side - row_len * width) / 2
-        col = torch.floor((x - left) / width)  # [B, n, n]
-        ok = row_ok & (col >= 0) & (col < row_len)
-        start = first.gather(1, row_idx[:, :, 0])[:, :, None]
-        index = (start + col.clamp(min=0).long()).clamp(max=length - 1)
-        token = tokens.gather(1, index.view(batch, -1)).view(batch, n, n)
-        v = ((y - top - row * height) / height * ATLAS_HEIGHT).long().clamp(0, ATLAS_HEIGHT - 1)
-        u = ((x - left - col * width) / width * ATLAS_WIDTH).long().clamp(0, ATLAS_WIDTH - 1)
-        return (self.atlas[token, v.expand(batch, n, n), u] * ok)[:, None].float()
+        row_width = line_width.gather(1, row_idx)  # [B, n], in line heights
+        left = (self.side - row_width * height) / 2
+        across = (centres[None, None, :] - left[:, :, None]) / height[:, :, None]  # [B, n rows, n cols]
+        ok = row_ok[:, :, None] & (across >= 0) & (across < row_width[:, :, None])
+        # The token under each pixel: the last one on its line starting at or before it. Keys rise
+        # along the sequence (line, then start), so one sorted search finds it.
+        span = line_width.amax(1, keepdim=True) + 1
+        keys = line * span + start
+        wanted = (row_idx[:, :, None] * span[:, :, None] + across.clamp(min=0)).view(batch, -1)
+        index = (torch.searchsorted(keys.contiguous(), wanted.contiguous(), right=True) - 1).clamp(0)
+        token = tokens.gather(1, index).view(batch, n, n)
+        ok &= cell.gather(1, index).view(batch, n, n)
+        u = (across - start.gather(1, index).view(batch, n, n)) / width.gather(1, index).view(
+            batch, n, n
+        ).clamp(min=1e-6)
+        v = (centres[None, :] - top - row * height) / height  # [B, n]
+        u = (u * ATLAS_WIDTH).long().clamp(0, ATLAS_WIDTH - 1)
+        v = (v * ATLAS_HEIGHT).long().clamp(0, ATLAS_HEIGHT - 1)[:, :, None].expand(batch, n, n)
+        return (self.atlas[token, v, u] * ok)[:, None].float()
 
 
 def text_box(boxes: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from glyphgen.models.attention import SelfAttention, WeaveAttention
 from glyphgen.models.blocks import ChannelMeanPath, ResBlock, group_norm, timestep_embedding, zero_module
 from glyphgen.models.glyphs import GlyphCanvas
 from glyphgen.models.text_encoder import TextEncoder, TextEncoderConfig
-from glyphgen.text.alphabet import DEFAULT_ALPHABET, SPECIALS
+from glyphgen.text.alphabet import DEFAULT_ALPHABET, SPECIALS, UNK
 
 
 class TextAttention(Choice):
@@ -108,6 +108,11 @@ ZERO_STARTED = ("mean_path.",)
 network is the same function as one without them, so a warm start leaves them so."""
 
 
+DRAWN = ("glyph_canvas.",)
+"""Prefixes of the tensors drawn from a font, not learned: a sandwich warm start neither copies
+nor expects them, so a super-resolution model may go with or without the base's glyph canvas."""
+
+
 class ConditionedSequence(nn.ModuleList):
     """A sequence of layers, each called with the conditioning it needs."""
 
@@ -146,7 +151,7 @@ class UNet(nn.Module):
 
         in_ch = cfg.in_channels * (2 if cfg.superres else 1) + int(cfg.glyph_canvas)
         self.glyph_canvas = (
-            GlyphCanvas(cfg.resolution, DEFAULT_ALPHABET, len(SPECIALS), cfg.text.newline_id)
+            GlyphCanvas(cfg.resolution, DEFAULT_ALPHABET, len(SPECIALS), cfg.text.newline_id, UNK)
             if cfg.glyph_canvas
             else None
         )

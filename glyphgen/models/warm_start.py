@@ -3,7 +3,8 @@
 A super-resolution U-Net with one more outer level than the trained base is the base "sandwiched"
 between new bread: input block k of the base becomes input block k + N of the superres model (N =
 the new level's blocks), and the middle, output blocks, time embedding, text encoder and position
-embeddings load under their own names. The input conv, the new level and the output head stay new.
+embeddings load under their own names. The input conv, the new level and the output head stay new;
+a glyph canvas is drawn from its font, never copied.
 
 The mapping is explicit and checked: every base tensor is loaded or intentionally dropped, every
 superres tensor is loaded or expected to be new, and shapes must agree; anything else is an error.
@@ -16,7 +17,7 @@ from dataclasses import dataclass
 
 import torch
 
-from glyphgen.models.unet import ZERO_STARTED, UNet
+from glyphgen.models.unet import DRAWN, ZERO_STARTED, UNet
 
 _INPUT = re.compile(r"^input_blocks\.(\d+)\.")
 _OUTPUT = re.compile(r"^output_blocks\.(\d+)\.(\d+)\.")
@@ -29,7 +30,7 @@ class WarmStartReport:
     new: list[str]
     """superres keys left at their fresh initialisation (the bread)."""
     dropped: list[str]
-    """base keys intentionally not used (its input conv and output head)."""
+    """base keys intentionally not used (its input conv, output head and glyph canvas)."""
 
     def summary(self) -> str:
         return f"sandwich warm start: loaded {len(self.loaded)} tensors, {len(self.new)} new, {len(self.dropped)} base tensors dropped"
@@ -41,7 +42,7 @@ def _level_blocks(model: UNet) -> int:
 
 def map_base_key(key: str, shift: int) -> str | None:
     """Where a base tensor goes in the superres model; None for the intentionally dropped ones."""
-    if key.startswith("out.") or key.startswith("input_blocks.0."):
+    if key.startswith(("out.", "input_blocks.0.", *DRAWN)):
         return None
     m = _INPUT.match(key)
     if m:
@@ -52,7 +53,7 @@ def map_base_key(key: str, shift: int) -> str | None:
 def _expected_new(
     key: str, base_inputs: int, base_outputs: int, shift: int, last_base_output_len: int
 ) -> bool:
-    if key.startswith(("out.", "input_blocks.0.", *ZERO_STARTED)):
+    if key.startswith(("out.", "input_blocks.0.", *ZERO_STARTED, *DRAWN)):
         return True
     m = _INPUT.match(key)
     if m:
