@@ -61,9 +61,9 @@ class UNetConfig:
     prediction (`ChannelMeanPath`): GroupNorm hides them from the rest of the network, which is why
     samples of grey data keep the start noise's tint."""
     glyph_canvas: bool = False
-    """Also feed the transcript drawn in a plain reference font (`GlyphCanvas`: one centred cell per
-    character) as an extra input channel, so the network sees the letters' shapes instead of having
-    to learn them from token ids alone."""
+    """Also feed the transcript drawn in a plain reference font (`GlyphCanvas`: set as centred text)
+    as an extra input channel, so the network sees the letters' shapes instead of having to learn
+    them from token ids alone (with the stage's `align_glyphs`, moved onto the text in training)."""
     superres: bool = False
     """Super-resolution model: the low-res image is upsampled and concatenated to the input."""
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
