@@ -114,6 +114,21 @@ def test_a_canvas_needs_text_and_the_default_alphabet():
         sized_model_config("tiny", {"glyph_canvas": True, "text": {"vocab_size": 200}})
 
 
+def test_the_canvas_font_is_a_choice_checked_on_load():
+    tokens, _ = TOK.batch(["I"])
+    sans = GlyphCanvas(32, DEFAULT_ALPHABET, len(SPECIALS), NEWLINE, UNK)(tokens)[0, 0]
+    serif = GlyphCanvas(32, DEFAULT_ALPHABET, len(SPECIALS), NEWLINE, UNK, "SourceSerifPro-Bold.ttf")(tokens)
+    rows, _ = ink_extent(sans)
+    top, middle = rows[0], (rows[0] + rows[-1]) // 2
+    width = [((image[row] > -0.5).sum().item()) for image in (sans, serif[0, 0]) for row in (top, middle)]
+    assert width[0] == width[1]  # a bare bar: as wide at the top as in the middle
+    assert width[2] > width[3]  # serifs: wider at the top
+    model = UNet(sized_model_config("micro", {"glyph_canvas": True, "glyph_font": "SourceSerifPro-Bold.ttf"}))
+    assert torch.equal(model.glyph_canvas(tokens), serif)
+    with pytest.raises(ConfigError, match="glyph_font.*'Nope.ttf'"):
+        sized_model_config("micro", {"glyph_canvas": True, "glyph_font": "Nope.ttf"})
+
+
 def test_text_box_is_the_union_of_the_character_boxes():
     boxes = torch.zeros(2, 5, 4)
     boxes[0, 1] = torch.tensor([0.2, 0.4, 0.3, 0.6])

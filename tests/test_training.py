@@ -12,10 +12,14 @@ import re
 import subprocess
 import sys
 import textwrap
+from datetime import timedelta
+from types import SimpleNamespace
+from unittest.mock import patch
 
 import pytest
 import torch
 from conftest import trainer_with_callback
+from lightning.pytorch.callbacks import Timer
 from torch.overrides import TorchFunctionMode
 
 from glyphgen.config import ConfigError, load_config, to_dict
@@ -23,7 +27,7 @@ from glyphgen.data.build import build
 from glyphgen.training.callbacks import read_metric
 from glyphgen.training.checkpoints import AtomicCheckpointIO, network_state, read_checkpoint
 from glyphgen.training.config import Stage, StageConfig
-from glyphgen.training.core import DiffusionCore, NonFiniteLossError
+from glyphgen.training.core import DiffusionCore, NonFiniteLossError, lr_factor
 from glyphgen.training.pipeline import run_pipeline
 from glyphgen.training.stages import STAGE_CLASSES, FinetuneReal, PretrainSynthetic, SuperRes
 from glyphgen.training.train import train_stage
@@ -267,6 +271,33 @@ def test_preemption_signal_saves_last_checkpoint(tmp_path, shards, signal, saved
     assert read_checkpoint(run / "checkpoints" / "last.ckpt")["global_step"] == saved_at
     final = train_stage(load_config(StageConfig, overrides=overrides), run)
     assert read_checkpoint(final)["global_step"] == 8
+
+
+def test_the_learning_rate_warms_up_holds_then_cools_down_to_zero():
+    assert [lr_factor(s, 4, 0.0, 0.0) for s in range(5)] == [0.25, 0.5, 0.75, 1.0, 1.0]
+    assert lr_factor(100, 4, 0.5, 0.2) == 1.0  # before the last fifth: constant
+    assert lr_factor(100, 4, 0.9, 0.2) == pytest.approx(0.5)
+    assert lr_factor(100, 4, 1.0, 0.2) == 0.0 and lr_factor(100, 4, 1.5, 0.2) == 0.0
+    assert lr_factor(100, 4, 0.99, 0.0) == 1.0  # no decay: constant to the end
+    with pytest.raises(ConfigError, match="decay_fraction"):
+        load_config(StageConfig, overrides=["optim.decay_fraction=1.5"])
+
+
+def test_a_run_cools_down_over_its_steps_or_its_time_budget(tmp_path, shards):
+    cfg = stage_cfg("pretrain-synthetic", shards, steps=4, **{"optim.decay_fraction": 0.5})
+    final = read_checkpoint(train_stage(cfg, tmp_path / "run"))
+    assert final["global_step"] == 4
+    assert final["optimizer_states"][0]["param_groups"][0]["lr"] == 0.0  # the last step is the end
+
+    # On a time budget the clock counts, resumed time included (a checkpoint's Timer state).
+    timer = Timer(duration=timedelta(seconds=100))
+    timer.load_state_dict({"time_elapsed": {"train": 75.0}})
+    core = DiffusionCore(to_dict(cfg))
+    trainer = SimpleNamespace(global_step=1, max_steps=1000, callbacks=[timer], world_size=1)
+    with patch.object(DiffusionCore, "trainer", trainer):
+        assert core.run_progress() == pytest.approx(0.75)
+        trainer.global_step = 900  # steps run out before the clock
+        assert core.run_progress() == pytest.approx(0.9)
 
 
 def test_warm_starts_load_weights_not_optimizer(tmp_path, shards):

@@ -100,6 +100,13 @@ def package_font(file_name: str) -> str:
     raise FileNotFoundError(f"no installed font-* package ships {file_name}: reinstall glyphgen")
 
 
+@lru_cache(maxsize=1)
+def package_font_names() -> tuple[str, ...]:
+    """File names of the fonts the installed `font-*` distributions ship, sorted. Cached: every
+    model config with a glyph canvas checks its font against it."""
+    return tuple(sorted({path.name for path in _package_font_files()}))
+
+
 def _font_name(tt: TTFont, path: Path) -> str:
     names = tt["name"]
     return names.getDebugName(6) or names.getDebugName(4) or path.stem

@@ -29,7 +29,7 @@ from glyphgen.data.fonts import load_font, package_font
 from glyphgen.text.alphabet import BOS, EOS, NULL, PAD
 
 REFERENCE_FONT = "SourceSansPro-Bold.ttf"
-"""The atlas's font: a plain, bold sans serif (the `font-source-sans-pro` dependency)."""
+"""The atlas's default font: a plain, bold sans serif (the `font-source-sans-pro` dependency)."""
 ATLAS_HEIGHT, ATLAS_WIDTH = 32, 24
 """One atlas bitmap in pixels: a line's height, and the columns its advance is stretched over."""
 _FONT_SIZE, _BASELINE = 30, 25
@@ -43,12 +43,15 @@ MAX_LINE = 0.5
 
 
 @lru_cache(maxsize=4)
-def glyph_atlas(alphabet: str, specials: int, unknown: int) -> tuple[torch.Tensor, torch.Tensor]:
+def glyph_atlas(
+    alphabet: str, specials: int, unknown: int, font_file: str = REFERENCE_FONT
+) -> tuple[torch.Tensor, torch.Tensor]:
     """(ink [V, ATLAS_HEIGHT, ATLAS_WIDTH] in [0, 1], advance [V] in line heights) for the V =
-    specials + len(alphabet) token ids: each character drawn over its advance width and stretched
-    to the bitmap's width. Specials and the newline take no room; `unknown` (UNK) and characters
-    the font lacks take UNKNOWN_ADVANCE, blank. Cached: clone before changing them."""
-    font = load_font(package_font(REFERENCE_FONT), _FONT_SIZE)
+    specials + len(alphabet) token ids, drawn in the packaged font `font_file`: each character
+    drawn over its advance width and stretched to the bitmap's width. Specials and the newline take
+    no room; `unknown` (UNK) and characters the font lacks take UNKNOWN_ADVANCE, blank. Cached:
+    clone before changing them."""
+    font = load_font(package_font(font_file), _FONT_SIZE)
     ink = np.zeros((specials + len(alphabet), ATLAS_HEIGHT, ATLAS_WIDTH), dtype=np.float32)
     advance = np.zeros(specials + len(alphabet), dtype=np.float32)
     advance[unknown] = UNKNOWN_ADVANCE
@@ -76,7 +79,15 @@ class GlyphCanvas(nn.Module):
     SUPERSAMPLE_SIDE = 256
     """Lookups are made at up to 4 x the side, at most this many pixels across."""
 
-    def __init__(self, side: int, alphabet: str, specials: int, newline_id: int, unknown_id: int):
+    def __init__(
+        self,
+        side: int,
+        alphabet: str,
+        specials: int,
+        newline_id: int,
+        unknown_id: int,
+        font_file: str = REFERENCE_FONT,
+    ):
         super().__init__()
         self.side = side
         self.newline_id = newline_id
@@ -84,7 +95,7 @@ class GlyphCanvas(nn.Module):
         # Saved with the weights, so a bundle draws the glyphs it was trained with whatever font
         # version is installed. Made on the default device (bundles load on the meta device).
         device = torch.empty(0).device
-        ink, advance = glyph_atlas(alphabet, specials, unknown_id)
+        ink, advance = glyph_atlas(alphabet, specials, unknown_id, font_file)
         self.register_buffer("atlas", ink.to(device, copy=True))
         self.register_buffer("advance", advance.to(device, copy=True))
 

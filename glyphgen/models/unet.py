@@ -16,9 +16,10 @@ import torch.nn.functional as F
 from torch import nn
 
 from glyphgen.config import Choice, require
+from glyphgen.data.fonts import package_font_names
 from glyphgen.models.attention import SelfAttention, WeaveAttention
 from glyphgen.models.blocks import ChannelMeanPath, ResBlock, group_norm, timestep_embedding, zero_module
-from glyphgen.models.glyphs import GlyphCanvas
+from glyphgen.models.glyphs import REFERENCE_FONT, GlyphCanvas
 from glyphgen.models.text_encoder import TextEncoder, TextEncoderConfig
 from glyphgen.text.alphabet import DEFAULT_ALPHABET, SPECIALS, UNK
 
@@ -64,6 +65,10 @@ class UNetConfig:
     """Also feed the transcript drawn in a plain reference font (`GlyphCanvas`: set as centred text)
     as an extra input channel, so the network sees the letters' shapes instead of having to learn
     them from token ids alone (with the stage's `align_glyphs`, moved onto the text in training)."""
+    glyph_font: str = REFERENCE_FONT
+    """File name of the glyph canvas's font, one that a `font-*` package installed with glyphgen
+    ships (`glyphgen fonts` lists them). Its letters are what the network is shown, so they should
+    be ones the OCR reads without doubt: in Source Sans Bold a bare capital I reads as 1."""
     superres: bool = False
     """Super-resolution model: the low-res image is upsampled and concatenated to the input."""
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -88,6 +93,13 @@ class UNetConfig:
             "glyph_canvas",
             "draws the default alphabet's tokens only: text.vocab_size must be the default",
         )
+        if self.glyph_canvas:
+            require(
+                self.glyph_font in package_font_names(),
+                "glyph_font",
+                f"no installed font-* package ships {self.glyph_font!r} (a file name such as "
+                f"{REFERENCE_FONT!r}; `glyphgen fonts` lists the fonts and their files)",
+            )
         feature_sizes = {self.resolution >> i for i in range(levels)}
         for key in ("attention_resolutions", "text_resolutions"):
             bad = sorted(set(getattr(self, key)) - feature_sizes)
@@ -151,7 +163,9 @@ class UNet(nn.Module):
 
         in_ch = cfg.in_channels * (2 if cfg.superres else 1) + int(cfg.glyph_canvas)
         self.glyph_canvas = (
-            GlyphCanvas(cfg.resolution, DEFAULT_ALPHABET, len(SPECIALS), cfg.text.newline_id, UNK)
+            GlyphCanvas(
+                cfg.resolution, DEFAULT_ALPHABET, len(SPECIALS), cfg.text.newline_id, UNK, cfg.glyph_font
+            )
             if cfg.glyph_canvas
             else None
         )

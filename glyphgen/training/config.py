@@ -47,6 +47,11 @@ class OptimConfig:
     """AdamW betas."""
     warmup_steps: int = 0
     """Linear learning-rate warm-up, in optimizer steps."""
+    decay_fraction: float = 0.0
+    """Share of the run, at its end, over which the learning rate falls linearly to zero after its
+    constant stretch (warm-up, stable, decay); 0: constant to the end. The run's length is
+    trainer.max_steps, or the trainer.max_time budget's wall clock when that runs out first, so a
+    run on a time budget cools down in its last minutes whatever its speed."""
     ema_decay: float = 0.9999
     """Decay of the exponential moving average of the weights (what export and sampling use).
     Early on the decay is min(ema_decay, (1 + n) / (10 + n)) after n updates, so short runs average too."""
@@ -55,6 +60,9 @@ class OptimConfig:
         require(self.lr > 0, "lr", f"must be > 0, got {self.lr}")
         require(0 <= self.ema_decay < 1, "ema_decay", f"must be in [0, 1), got {self.ema_decay}")
         require(self.warmup_steps >= 0, "warmup_steps", "must be >= 0")
+        require(
+            0 <= self.decay_fraction <= 1, "decay_fraction", f"must be in [0, 1], got {self.decay_fraction}"
+        )
 
 
 @dataclass

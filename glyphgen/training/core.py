@@ -19,6 +19,7 @@ import dataclasses
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import Timer
 
 from glyphgen.config import load_config
 from glyphgen.data.loader import LoaderConfig, make_loader
@@ -35,6 +36,16 @@ from glyphgen.training.config import StageConfig
 
 QUARTILES = [f"train/loss_q{q}" for q in range(4)]
 """The logged loss of each quarter of the timesteps (q0: the least noisy), drawn in `loss.png`."""
+
+
+def lr_factor(step: int, warmup_steps: int, progress: float, decay_fraction: float) -> float:
+    """The learning rate's multiplier after `step` optimizer steps: a linear warm-up, then 1, then a
+    linear fall to 0 over the last `decay_fraction` of the run (`progress` in [0, 1] is how much
+    of it is done)."""
+    ramp = min(1.0, (step + 1) / max(1, warmup_steps))
+    if decay_fraction == 0:
+        return ramp
+    return ramp * min(1.0, max(0.0, (1 - progress) / decay_fraction))
 
 
 class NonFiniteLossError(RuntimeError):
@@ -111,9 +122,27 @@ class DiffusionCore(L.LightningModule):
         opt = torch.optim.AdamW(
             self.model.parameters(), lr=o.lr, betas=tuple(o.betas), weight_decay=o.weight_decay
         )
-        warmup = max(1, o.warmup_steps)
-        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda step: min(1.0, (step + 1) / warmup))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt,
+            lambda step: lr_factor(
+                step, o.warmup_steps, self.run_progress() if o.decay_fraction else 0.0, o.decay_fraction
+            ),
+        )
         return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "interval": "step"}}
+
+    def run_progress(self) -> float:
+        """How much of the run is done, in [0, 1]: steps against max_steps, or the wall clock against
+        the max_time budget (counted across resumes), whichever is further. The clock is rank 0's,
+        so every rank steps with the same learning rate."""
+        trainer = self.trainer
+        done = trainer.global_step / trainer.max_steps if trainer.max_steps > 0 else 0.0
+        timer = next((cb for cb in trainer.callbacks if isinstance(cb, Timer)), None)
+        remaining = timer.time_remaining("train") if timer is not None else None
+        if remaining is not None:
+            elapsed = timer.time_elapsed("train")
+            clock = elapsed / max(elapsed + remaining, 1e-9)
+            done = max(done, trainer.strategy.broadcast(clock) if trainer.world_size > 1 else clock)
+        return min(1.0, done)
 
     # -- training -------------------------------------------------------------------------------------
 
