@@ -65,11 +65,11 @@ quality-cpu: $(STAMP)
 		--max-prompts 8 --n 1 --steps ddim25 --batch-size 8 --device cpu $(ARGS)
 
 # Does the text conditioning learn? The micro model on 12 short words for 15 CPU minutes, scored by
-# OCR on those words (BENCHMARKS.md "Learning check"). GLIDE: make learn-cpu NAME=learn-cpu-glide
-# ARGS="model.text_attention=glide"
+# OCR on 12 samples of each (BENCHMARKS.md "Learning check"; 4 each until 2026-12-01, too few to
+# rank recipes by). GLIDE: make learn-cpu NAME=learn-cpu-glide ARGS="model.text_attention=glide"
 learn-cpu: $(STAMP)
 	$(GLYPHGEN) quality --pipeline pipelines/learn-cpu.yaml --budget $(or $(BUDGET),15m) $(if $(NAME),--name $(NAME)) \
-		--prompts configs/prompts/learn-words.txt --n 4 --steps ddim25 --batch-size 40 --device cpu $(ARGS)
+		--prompts configs/prompts/learn-words.txt --n 12 --steps ddim25 --batch-size 40 --device cpu $(ARGS)
 
 # Can it spell? Random 2-4 letter strings for 60 CPU minutes, scored on held-out strings.
 spell-cpu: $(STAMP)

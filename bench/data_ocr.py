@@ -18,35 +18,38 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from glyphgen.ocr import Ocr
+
+def read_back(shard: Path, images: int, ocr) -> dict[str, list[str]]:
+    """{transcript: the OCR's reading of each of its images} for the first `images` samples."""
+    readings = collections.defaultdict(list)
+    with tarfile.open(shard) as tar:
+        samples = collections.defaultdict(dict)
+        for member in tar.getmembers():
+            key, ext = member.name.split(".", 1)
+            samples[key][ext] = member
+        for key in sorted(samples)[:images]:
+            text = tar.extractfile(samples[key]["txt"]).read().decode()
+            image = Image.open(io.BytesIO(tar.extractfile(samples[key]["png"]).read())).convert("RGB")
+            readings[text].append(ocr.read(np.asarray(image)).text)
+    return dict(readings)
 
 
 def main() -> None:
+    from glyphgen.ocr import Ocr
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("shards", type=Path, help="a shard folder, e.g. data_shards/words-32")
     parser.add_argument("--images", type=int, default=800)
     parser.add_argument("--shard", type=int, default=3, help="which shard file, in sorted order")
     args = parser.parse_args()
     path = sorted(args.shards.glob("*.tar"))[args.shard]
-    ocr = Ocr()
-    read, seen = collections.Counter(), collections.Counter()
-    misses = collections.defaultdict(list)
-    with tarfile.open(path) as tar:
-        samples = collections.defaultdict(dict)
-        for member in tar.getmembers():
-            key, ext = member.name.split(".", 1)
-            samples[key][ext] = member
-        for key in sorted(samples)[: args.images]:
-            text = tar.extractfile(samples[key]["txt"]).read().decode()
-            image = Image.open(io.BytesIO(tar.extractfile(samples[key]["png"]).read())).convert("RGB")
-            got = ocr.read(np.asarray(image)).text
-            seen[text] += 1
-            read[text] += got == text
-            if got != text:
-                misses[text].append(got)
-    print(f"{path}: {sum(seen.values())} images, exact {sum(read.values()) / sum(seen.values()):.3f}")
-    for text, n in seen.most_common():
-        print(f"{text!r}: {read[text]}/{n} read exactly; misses {misses[text][:8]}")
+    readings = read_back(path, args.images, Ocr())
+    total = sum(len(r) for r in readings.values())
+    exact = sum(got == text for text, r in readings.items() for got in r)
+    print(f"{path}: {total} images, exact {exact / total:.3f}")
+    for text, got in sorted(readings.items(), key=lambda item: -len(item[1])):
+        misses = [g for g in got if g != text]
+        print(f"{text!r}: {len(got) - len(misses)}/{len(got)} read exactly; misses {misses[:8]}")
 
 
 if __name__ == "__main__":

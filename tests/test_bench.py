@@ -1,6 +1,6 @@
 """bench/run.py at tiny scale on the CPU: the timing helper, the matmul peak, the model, sampling and
 data benches, the table printer and the data-headroom arithmetic; text_gap's pairing and gap; the
-ablation's scoring settings and learning-curve checkpoints."""
+ablation's scoring settings and learning-curve checkpoints; the OCR on a shard's own images."""
 
 from __future__ import annotations
 
@@ -12,10 +12,12 @@ from pathlib import Path
 import pytest
 import torch
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "bench"))
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO / "bench"))
 
 import ablate  # noqa: E402
 import colour_cast  # noqa: E402
+import data_ocr  # noqa: E402
 import report  # noqa: E402
 import run  # noqa: E402
 import text_gap  # noqa: E402
@@ -205,3 +207,17 @@ def test_colour_cast_splits_a_tint_from_pixel_noise():
     noise[:, 0] = 0.1 * ((torch.arange(8)[:, None] + torch.arange(8)) % 2 * 2 - 1)  # red +-0.1, mean 0
     parts = colour_cast.decompose(grey + noise)
     assert parts["tint"] == pytest.approx(0.0, abs=1e-6) and parts["without_tint"] == pytest.approx(0.1)
+
+
+def test_data_ocr_reads_back_a_shards_images_by_transcript(tmp_path):
+    from glyphgen.data.build import build
+    from glyphgen.ocr import Ocr
+
+    out = tmp_path / "words"
+    values = {"out": str(out), "resolution": 64, "count": 6, "workers": 0, "shard_size": 6}
+    build("synthetic", files=[REPO / "configs/shards/words32.yaml"], values=values)  # capitals
+    readings = data_ocr.read_back(next(out.glob("*.tar")), 4, Ocr())
+    assert sum(len(r) for r in readings.values()) == 4  # only the first 4 samples
+    assert all(text.isupper() for text in readings)
+    # Large plain capitals: the OCR reads most of them back exactly.
+    assert sum(got == text for text, r in readings.items() for got in r) >= 2
