@@ -129,22 +129,6 @@ def test_the_canvas_font_is_a_choice_checked_on_load():
         sized_model_config("micro", {"glyph_canvas": True, "glyph_font": "Nope.ttf"})
 
 
-def test_spacing_sets_the_letters_apart():
-    tokens, _ = TOK.batch(["IS"])
-    args = (32, DEFAULT_ALPHABET, len(SPECIALS), NEWLINE, UNK)
-    tight, spaced = (GlyphCanvas(*args, spacing=s) for s in (0.0, 0.2))
-
-    def blank_columns_inside(layer: GlyphCanvas) -> int:
-        _, columns = ink_extent(layer(tokens)[0, 0])
-        return columns[-1] - columns[0] + 1 - len(columns)
-
-    assert blank_columns_inside(spaced) > blank_columns_inside(tight)  # the I and the S stand apart
-    letters = TOK.encode("IS")[1:3]
-    assert torch.allclose(spaced.advance[letters], tight.advance[letters] + 0.2)
-    with pytest.raises(ConfigError, match="glyph_spacing"):
-        sized_model_config("micro", {"glyph_canvas": True, "glyph_spacing": -0.1})
-
-
 def test_text_box_is_the_union_of_the_character_boxes():
     boxes = torch.zeros(2, 5, 4)
     boxes[0, 1] = torch.tensor([0.2, 0.4, 0.3, 0.6])

@@ -44,15 +44,14 @@ MAX_LINE = 0.5
 
 @lru_cache(maxsize=4)
 def glyph_atlas(
-    alphabet: str, specials: int, unknown: int, font_file: str = REFERENCE_FONT, spacing: float = 0.0
+    alphabet: str, specials: int, unknown: int, font_file: str = REFERENCE_FONT
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """(ink [V, ATLAS_HEIGHT, ATLAS_WIDTH] in [0, 1], advance [V] in line heights) for the V =
     specials + len(alphabet) token ids, drawn in the packaged font `font_file`: each character
-    drawn over its advance width plus `spacing` line heights (half on each side) and stretched to
-    the bitmap's width. Specials and the newline take no room; `unknown` (UNK) and characters the
-    font lacks take UNKNOWN_ADVANCE, blank. Cached: clone before changing them."""
+    drawn over its advance width and stretched to the bitmap's width. Specials and the newline take
+    no room; `unknown` (UNK) and characters the font lacks take UNKNOWN_ADVANCE, blank. Cached:
+    clone before changing them."""
     font = load_font(package_font(font_file), _FONT_SIZE)
-    extra = spacing * ATLAS_HEIGHT
     ink = np.zeros((specials + len(alphabet), ATLAS_HEIGHT, ATLAS_WIDTH), dtype=np.float32)
     advance = np.zeros(specials + len(alphabet), dtype=np.float32)
     advance[unknown] = UNKNOWN_ADVANCE
@@ -64,9 +63,9 @@ def glyph_atlas(
         if not drawn or width < 1:
             advance[i] = UNKNOWN_ADVANCE
             continue
-        advance[i] = (width + extra) / ATLAS_HEIGHT
-        img = Image.new("L", (round(width + extra), ATLAS_HEIGHT), 0)
-        ImageDraw.Draw(img).text((extra / 2, _BASELINE), ch, fill=255, font=font, anchor="ls")
+        advance[i] = width / ATLAS_HEIGHT
+        img = Image.new("L", (round(width), ATLAS_HEIGHT), 0)
+        ImageDraw.Draw(img).text((0, _BASELINE), ch, fill=255, font=font, anchor="ls")
         img = img.resize((ATLAS_WIDTH, ATLAS_HEIGHT), Image.Resampling.BILINEAR)
         ink[i] = np.asarray(img, dtype=np.float32) / 255
     return torch.from_numpy(ink), torch.from_numpy(advance)
@@ -88,7 +87,6 @@ class GlyphCanvas(nn.Module):
         newline_id: int,
         unknown_id: int,
         font_file: str = REFERENCE_FONT,
-        spacing: float = 0.0,
     ):
         super().__init__()
         self.side = side
@@ -97,7 +95,7 @@ class GlyphCanvas(nn.Module):
         # Saved with the weights, so a bundle draws the glyphs it was trained with whatever font
         # version is installed. Made on the default device (bundles load on the meta device).
         device = torch.empty(0).device
-        ink, advance = glyph_atlas(alphabet, specials, unknown_id, font_file, spacing)
+        ink, advance = glyph_atlas(alphabet, specials, unknown_id, font_file)
         self.register_buffer("atlas", ink.to(device, copy=True))
         self.register_buffer("advance", advance.to(device, copy=True))
 

@@ -67,11 +67,8 @@ class UNetConfig:
     them from token ids alone (with the stage's `align_glyphs`, moved onto the text in training)."""
     glyph_font: str = REFERENCE_FONT
     """File name of the glyph canvas's font, one that a `font-*` package installed with glyphgen
-    ships (`glyphgen fonts` lists them). Its letters are what the network is shown, so they should
-    be ones the OCR reads without doubt: in Source Sans Bold a bare capital I reads as 1."""
-    glyph_spacing: float = 0.0
-    """Extra room the glyph canvas sets between letters, in line heights (half on each side of
-    every character): samples space their letters as the canvas does."""
+    ships (`glyphgen fonts` lists them). Its letters are the ones the network is shown, and its
+    samples take their shapes after them."""
     superres: bool = False
     """Super-resolution model: the low-res image is upsampled and concatenated to the input."""
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -103,7 +100,6 @@ class UNetConfig:
                 f"no installed font-* package ships {self.glyph_font!r} (a file name such as "
                 f"{REFERENCE_FONT!r}; `glyphgen fonts` lists the fonts and their files)",
             )
-        require(0 <= self.glyph_spacing <= 1, "glyph_spacing", f"must be in [0, 1], got {self.glyph_spacing}")
         feature_sizes = {self.resolution >> i for i in range(levels)}
         for key in ("attention_resolutions", "text_resolutions"):
             bad = sorted(set(getattr(self, key)) - feature_sizes)
@@ -174,7 +170,6 @@ class UNet(nn.Module):
                 cfg.text.newline_id,
                 UNK,
                 cfg.glyph_font,
-                cfg.glyph_spacing,
             )
             if cfg.glyph_canvas
             else None
