@@ -12,25 +12,21 @@ from __future__ import annotations
 import argparse
 import collections
 import io
-import tarfile
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from glyphgen.data.shards import shard_members
+
 
 def read_back(shard: Path, images: int, ocr) -> dict[str, list[str]]:
     """{transcript: the OCR's reading of each of its images} for the first `images` samples."""
     readings = collections.defaultdict(list)
-    with tarfile.open(shard) as tar:
-        samples = collections.defaultdict(dict)
-        for member in tar.getmembers():
-            key, ext = member.name.split(".", 1)
-            samples[key][ext] = member
-        for key in sorted(samples)[:images]:
-            text = tar.extractfile(samples[key]["txt"]).read().decode()
-            image = Image.open(io.BytesIO(tar.extractfile(samples[key]["png"]).read())).convert("RGB")
-            readings[text].append(ocr.read(np.asarray(image)).text)
+    samples = shard_members(shard, ("txt", "png"))
+    for key in sorted(samples)[:images]:
+        image = Image.open(io.BytesIO(samples[key]["png"])).convert("RGB")
+        readings[samples[key]["txt"].decode()].append(ocr.read(np.asarray(image)).text)
     return dict(readings)
 
 

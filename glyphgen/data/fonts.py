@@ -92,19 +92,27 @@ def _package_font_files() -> list[Path]:
     return files
 
 
+@lru_cache(maxsize=1)
+def _package_fonts_by_name() -> dict[str, Path]:
+    """{file name: path} of the fonts the installed `font-*` distributions ship (the first of each
+    name). Cached: every model with a glyph canvas looks its font up here."""
+    fonts: dict[str, Path] = {}
+    for path in _package_font_files():
+        fonts.setdefault(path.name, path)
+    return fonts
+
+
 def package_font(file_name: str) -> str:
     """The path of the font file named `file_name` that an installed `font-*` distribution ships."""
-    for path in _package_font_files():
-        if path.name == file_name:
-            return str(path)
-    raise FileNotFoundError(f"no installed font-* package ships {file_name}: reinstall glyphgen")
+    path = _package_fonts_by_name().get(file_name)
+    if path is None:
+        raise FileNotFoundError(f"no installed font-* package ships {file_name}: reinstall glyphgen")
+    return str(path)
 
 
-@lru_cache(maxsize=1)
-def package_font_names() -> tuple[str, ...]:
-    """File names of the fonts the installed `font-*` distributions ship, sorted. Cached: every
-    model config with a glyph canvas checks its font against it."""
-    return tuple(sorted({path.name for path in _package_font_files()}))
+def package_font_names() -> list[str]:
+    """File names of the fonts the installed `font-*` distributions ship, sorted."""
+    return sorted(_package_fonts_by_name())
 
 
 def _font_name(tt: TTFont, path: Path) -> str:
