@@ -24,10 +24,11 @@ from torch.overrides import TorchFunctionMode
 
 from glyphgen.config import ConfigError, load_config, to_dict
 from glyphgen.data.build import build
+from glyphgen.inference import export_bundle, load_bundle
 from glyphgen.training.callbacks import read_metric
 from glyphgen.training.checkpoints import AtomicCheckpointIO, network_state, read_checkpoint
 from glyphgen.training.config import Stage, StageConfig
-from glyphgen.training.core import DiffusionCore, NonFiniteLossError, lr_factor
+from glyphgen.training.core import DiffusionCore, NonFiniteLossError, build_model_config, lr_factor
 from glyphgen.training.pipeline import run_pipeline
 from glyphgen.training.stages import STAGE_CLASSES, FinetuneReal, PretrainSynthetic, SuperRes
 from glyphgen.training.train import train_stage
@@ -94,6 +95,29 @@ def test_data_resolution_is_the_models():
         load_config(StageConfig, overrides=["model_size=tiny", "data.resolution=64"])
     assert str(e.value).startswith("data.resolution: 64 is not the model's resolution 32")
     assert str(e.value).endswith("(set by override 'data.resolution=64')")
+
+
+def test_the_networks_variance_outputs_follow_the_diffusion_config():
+    assert build_model_config(load_config(StageConfig)).learn_sigma is True
+    cfg = load_config(StageConfig, overrides=["diffusion.learn_sigma=false"])
+    assert build_model_config(cfg).learn_sigma is False and cfg.model["learn_sigma"] is False
+    with pytest.raises(ConfigError) as e:
+        load_config(StageConfig, overrides=["diffusion.learn_sigma=false", "model.learn_sigma=true"])
+    assert str(e.value).startswith("model.learn_sigma: is True but diffusion.learn_sigma is False")
+
+
+def test_without_learned_variance_a_stage_trains_exports_and_samples(tmp_path, shards):
+    """The shipped recipes train no variance (their solver never reads it): the network has half the
+    output channels, the loss is the MSE alone, and the bundle samples with every sampler."""
+    cfg = stage_cfg("pretrain-synthetic", shards, steps=2, **{"diffusion.learn_sigma": False})
+    final = train_stage(cfg, tmp_path / "run")
+    assert network(final, "ema.")["out.2.weight"].shape[0] == 3
+    header = (tmp_path / "run" / "logs" / "metrics.csv").read_text().splitlines()[0]
+    assert "train/mse" in header
+    bundle = load_bundle(export_bundle(final, tmp_path / "bundle"), device="cpu")
+    for sampler in ("ddpm", "ddim", "dpmpp2m"):
+        images = bundle.sample(["hi", "AB"], steps="3", sampler=sampler, seed=1)
+        assert images.shape == (2, 3, 32, 32) and images.dtype == torch.uint8
 
 
 def test_pretrain_stage_writes_its_run_folder(tmp_path, shards):

@@ -201,6 +201,14 @@ class StageConfig:
             "model_size",
             f"must be one of {', '.join(MODELS)}, got {self.model_size!r}",
         )
+        # The variance outputs and the loss that trains them are one choice, made in `diffusion`.
+        sigma = self.model.setdefault("learn_sigma", self.diffusion.learn_sigma)
+        require(
+            sigma == self.diffusion.learn_sigma,
+            "model.learn_sigma",
+            f"is {sigma} but diffusion.learn_sigma is {self.diffusion.learn_sigma}; set diffusion.learn_sigma "
+            "alone (the network's outputs follow it)",
+        )
         model = sized_model_config(self.model_size, self.model)
         require(
             self.localisation == 0 or model.text_attention == "weave",
