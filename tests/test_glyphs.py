@@ -129,6 +129,22 @@ def test_the_canvas_font_is_a_choice_checked_on_load():
         sized_model_config("micro", {"glyph_canvas": True, "glyph_font": "Nope.ttf"})
 
 
+def test_the_line_height_sets_how_big_short_texts_are_drawn():
+    tokens, _ = TOK.batch(["IS", "ABCDEFGH"])
+    model = UNet(sized_model_config("micro", {"glyph_canvas": True, "glyph_line_height": 0.75}))
+    default, tall = (
+        GlyphCanvas(32, DEFAULT_ALPHABET, len(SPECIALS), NEWLINE, UNK)(tokens),
+        model.glyph_canvas(tokens),
+    )
+    (rows_d, cols_d), (rows_t, cols_t) = ink_extent(default[0, 0]), ink_extent(tall[0, 0])
+    assert len(rows_t) >= 1.4 * len(rows_d) and len(cols_t) >= 1.4 * len(cols_d)  # 0.75 / 0.5 of the side
+    assert abs((rows_t[0] + rows_t[-1]) - (rows_d[0] + rows_d[-1])) <= 2  # still centred
+    assert torch.equal(default[1], tall[1])  # a long line is as big as fits either way
+    for bad in (0, 1.5):
+        with pytest.raises(ConfigError, match=f"glyph_line_height.*{bad}"):
+            sized_model_config("micro", {"glyph_canvas": True, "glyph_line_height": bad})
+
+
 def test_text_box_is_the_union_of_the_character_boxes():
     boxes = torch.zeros(2, 5, 4)
     boxes[0, 1] = torch.tensor([0.2, 0.4, 0.3, 0.6])

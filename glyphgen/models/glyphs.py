@@ -38,8 +38,8 @@ UNKNOWN_ADVANCE = 0.5
 """Advance, in line heights, of a character the alphabet lacks (drawn blank)."""
 MARGIN = 0.875
 """Share of the canvas side the text block may fill."""
-MAX_LINE = 0.5
-"""A line is at most this share of the side high, so one or two letters are not drawn huge."""
+LINE_HEIGHT = 0.5
+"""The default largest line height, as a share of the side, so one or two letters are not drawn huge."""
 
 
 @lru_cache(maxsize=4)
@@ -87,9 +87,11 @@ class GlyphCanvas(nn.Module):
         newline_id: int,
         unknown_id: int,
         font_file: str = REFERENCE_FONT,
+        line_height: float = LINE_HEIGHT,
     ):
         super().__init__()
         self.side = side
+        self.line_height = line_height
         self.newline_id = newline_id
         self.scale = max(1, min(4, self.SUPERSAMPLE_SIDE // side))
         # Saved with the weights, so a bundle draws the glyphs it was trained with whatever font
@@ -153,7 +155,7 @@ class GlyphCanvas(nn.Module):
         # The line height: every line fits across, all lines fit down, and none is drawn too big.
         fill = MARGIN * self.side
         height = torch.minimum(fill / lines.clamp(min=1), fill / line_width.amax(1).clamp(min=1e-6))
-        height = height.clamp(max=MAX_LINE * self.side)[:, None]
+        height = height.clamp(max=self.line_height * self.side)[:, None]
         top = (self.side - lines[:, None] * height) / 2
 
         n = self.side * self.scale

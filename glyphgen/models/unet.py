@@ -19,7 +19,7 @@ from glyphgen.config import Choice, require
 from glyphgen.data.fonts import package_font_names
 from glyphgen.models.attention import SelfAttention, WeaveAttention
 from glyphgen.models.blocks import ChannelMeanPath, ResBlock, group_norm, timestep_embedding, zero_module
-from glyphgen.models.glyphs import REFERENCE_FONT, GlyphCanvas
+from glyphgen.models.glyphs import LINE_HEIGHT, REFERENCE_FONT, GlyphCanvas
 from glyphgen.models.text_encoder import TextEncoder, TextEncoderConfig
 from glyphgen.text.alphabet import DEFAULT_ALPHABET, SPECIALS, UNK
 
@@ -69,6 +69,11 @@ class UNetConfig:
     """File name of the glyph canvas's font, one that a `font-*` package installed with glyphgen
     ships (`glyphgen fonts` lists them). Its letters are the ones the network is shown, and its
     samples take their shapes after them."""
+    glyph_line_height: float = LINE_HEIGHT
+    """The largest height of one line of the glyph canvas, as a share of the side, where the canvas
+    is set as plain text: in sampling, and in training on images without character boxes (with
+    `align_glyphs` the rest are moved onto their text). Short texts are drawn this big, longer ones
+    as big as fits; samples write as big as their canvas (BENCHMARKS.md "How big the canvas writes")."""
     superres: bool = False
     """Super-resolution model: the low-res image is upsampled and concatenated to the input."""
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
@@ -100,6 +105,11 @@ class UNetConfig:
                 f"no installed font-* package ships {self.glyph_font!r} (a file name such as "
                 f"{REFERENCE_FONT!r}; `glyphgen fonts` lists the fonts and their files)",
             )
+        require(
+            0 < self.glyph_line_height <= 1,
+            "glyph_line_height",
+            f"is a share of the image side, in (0, 1]; got {self.glyph_line_height}",
+        )
         feature_sizes = {self.resolution >> i for i in range(levels)}
         for key in ("attention_resolutions", "text_resolutions"):
             bad = sorted(set(getattr(self, key)) - feature_sizes)
@@ -170,6 +180,7 @@ class UNet(nn.Module):
                 cfg.text.newline_id,
                 UNK,
                 cfg.glyph_font,
+                cfg.glyph_line_height,
             )
             if cfg.glyph_canvas
             else None
