@@ -6,10 +6,11 @@ one bundle per average, so the averaging can be chosen by the OCR score without 
 (Karras et al. 2024 do the same with their post-hoc EMA):
 
     python bench/posthoc_ema.py runs/ema-seed1/pretrain-synthetic/checkpoints --at 2000 \
-        --out runs/ema-seed1/posthoc ema:0.998 ema:0.999 power:3 uniform:0.5
+        --out runs/ema-seed1/posthoc2000 ema:0.998 power:3 power:2 uniform:0.5
 
 Averages:
-- `ema:D`: the training core's EMA, decay min(D, (1 + n) / (10 + n)) at update n. Between two
+- `ema:D`: the training core's EMA, decay min(D, (1 + n) / (10 + n)) at update n (so below
+  about 4,500 steps every D from 0.998 up is the same average). Between two
   snapshots the raw weights are taken as the later snapshot, so the per-step EMA is approximated
   window by window (`ema:0.998` is the shipped average: compare it with the run's own EMA, which the
   script reports as its relative distance).

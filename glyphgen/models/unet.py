@@ -72,8 +72,8 @@ class UNetConfig:
     glyph_line_height: float = LINE_HEIGHT
     """The largest height of one line of the glyph canvas, as a share of the side, where the canvas
     is set as plain text: in sampling, and in training on images without character boxes (with
-    `align_glyphs` the rest are moved onto their text). Short texts are drawn this big, longer ones
-    as big as fits; samples write as big as their canvas (BENCHMARKS.md "How big the canvas writes")."""
+    `align_glyphs`, an image's canvas is moved onto its boxes whatever this is). Short texts are
+    drawn this big, longer ones as big as fits; samples write as big as their canvas."""
     superres: bool = False
     """Super-resolution model: the low-res image is upsampled and concatenated to the input."""
     text: TextEncoderConfig = field(default_factory=TextEncoderConfig)
