@@ -9,7 +9,7 @@ one bundle per average, so the averaging can be chosen by the OCR score without 
         --out runs/ema-seed1/posthoc2000 ema:0.998 power:3 power:2 uniform:0.5
 
 Averages:
-- `ema:D`: the training core's EMA, decay min(D, (1 + n) / (10 + n)) at update n (so below
+- `ema:D`: the training core's EMA (`ema_decay`: min(D, (1 + n) / (10 + n)) at update n, so below
   about 4,500 steps every D from 0.998 up is the same average). Between two
   snapshots the raw weights are taken as the later snapshot, so the per-step EMA is approximated
   window by window (`ema:0.998` is the shipped average: compare it with the run's own EMA, which the
@@ -32,6 +32,7 @@ from safetensors.torch import save_file
 from glyphgen.checkpoint_io import network_state, read_checkpoint
 from glyphgen.inference.export import cast_state, export_bundle
 from glyphgen.inference.format import WEIGHTS
+from glyphgen.training.core import ema_decay
 
 
 def snapshots(folder: Path, last: int) -> dict[int, Path]:
@@ -55,7 +56,7 @@ def weights_of(raw: dict[int, dict], spec: str) -> dict[str, torch.Tensor]:
         for step in steps:
             keep = 1.0  # the product of the per-step decays over the window (done, step]
             for n in range(done, step):
-                keep *= min(cap, (1 + n) / (10 + n))
+                keep *= ema_decay(n, cap)
             state = raw[step]
             avg = (
                 {k: v.clone() for k, v in state.items()}

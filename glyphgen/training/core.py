@@ -48,6 +48,12 @@ def lr_factor(step: int, warmup_steps: int, progress: float, decay_fraction: flo
     return ramp * min(1.0, max(0.0, (1 - progress) / decay_fraction))
 
 
+def ema_decay(updates: int, cap: float) -> float:
+    """The EMA's decay at its update number `updates`: it ramps up with the count (so a short run
+    averages recent weights, not its initial ones) until it reaches the configured `cap`."""
+    return min(cap, (1 + updates) / (10 + updates))
+
+
 class NonFiniteLossError(RuntimeError):
     """The loss became NaN or infinite and the stage's nan_policy is "stop" (or skipping went on too long)."""
 
@@ -241,7 +247,7 @@ class DiffusionCore(L.LightningModule):
     @torch.no_grad()
     def update_ema(self) -> None:
         n = self._ema_count
-        decay = min(self.cfg.optim.ema_decay, (1 + n) / (10 + n))
+        decay = ema_decay(n, self.cfg.optim.ema_decay)
         ema, live = list(self.ema.parameters()), list(self.model.parameters())
         torch._foreach_lerp_(ema, live, 1 - decay)
         for b_ema, b in zip(self.ema.buffers(), self.model.buffers(), strict=True):
