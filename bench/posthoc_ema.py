@@ -27,11 +27,9 @@ import re
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
 from glyphgen.checkpoint_io import network_state, read_checkpoint
-from glyphgen.inference.export import cast_state, export_bundle
-from glyphgen.inference.format import WEIGHTS
+from glyphgen.inference.export import export_bundle
 from glyphgen.training.core import ema_decay
 
 
@@ -109,8 +107,7 @@ def main() -> None:
     for spec in args.averages:
         avg = weights_of(raw, spec)
         name = spec.replace(":", "-")
-        bundle = export_bundle(target, args.out / name, overwrite=True)
-        save_file(cast_state(avg, torch.float32), bundle / WEIGHTS, metadata={"format": "pt"})
+        export_bundle(target, args.out / name, overwrite=True, state=avg)
         print(
             f"{name}: distance to the run's EMA {distance(avg, kept):.4f}, to the raw weights {distance(avg, raw[args.at]):.4f}"
         )

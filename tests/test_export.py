@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import subprocess
 import sys
 import textwrap
@@ -98,6 +99,17 @@ def test_raw_weights_export_on_request(ckpts, tmp_path, capsys):
     raw, ema = network_state(ckpt, "raw"), network_state(ckpt)
     assert weights.keys() == raw.keys() and all(torch.equal(weights[k], raw[k]) for k in raw)
     assert any(not torch.equal(raw[k], ema[k]) for k in raw)  # the two networks differ after training
+
+
+def test_other_weights_for_the_network_export_in_its_place(ckpts, tmp_path):
+    ckpt = read_checkpoint(ckpts["base"])
+    averaged = {k: (v + 1 if v.is_floating_point() else v) for k, v in network_state(ckpt, "raw").items()}
+    weights = load_file(export_bundle(ckpts["base"], tmp_path / "avg", state=averaged) / "model.safetensors")
+    assert weights.keys() == averaged.keys() and all(torch.equal(weights[k], averaged[k]) for k in averaged)
+    missing = dict(list(averaged.items())[1:])
+    with pytest.raises(ValueError, match=re.escape(next(iter(averaged)))):
+        export_bundle(ckpts["base"], tmp_path / "bad", state=missing)
+    assert not (tmp_path / "bad").exists()
 
 
 def test_fp16_export_halves_the_file_and_loads(ckpts, bundle_dir, tmp_path):

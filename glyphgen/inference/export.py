@@ -82,10 +82,12 @@ def export_bundle(
     dtype: str = "fp32",
     overwrite: bool = False,
     weights: str = "ema",
+    state: dict[str, torch.Tensor] | None = None,
 ) -> Path:
     """Write the bundle of `checkpoint` (a glyphgen stage checkpoint) to the folder `out`; returns it.
     `weights` is "ema" (the averaged network, the default) or "raw" (the trained network as it was
-    saved: on a short run the average may still lag it)."""
+    saved: on a short run the average may still lag it). `state`, when given, is written instead:
+    other weights for the checkpoint's network, such as an average rebuilt after training."""
     if dtype not in DTYPES:
         raise ValueError(f"unknown dtype {dtype!r}; choose one of {', '.join(DTYPES)}")
     if weights not in NETWORKS:
@@ -102,7 +104,7 @@ def export_bundle(
     checkpoint = Path(checkpoint)
     ckpt = read_checkpoint(checkpoint)
     cfg = bundle_config(ckpt, dtype, checkpoint)
-    state = network_state(ckpt, weights)
+    state = network_state(ckpt, weights) if state is None else state
     with torch.device("meta"):  # shapes and dtypes only: the check below must not cost a real network
         expected = UNet(cfg.model).state_dict()
     check_tensors(expected, state, checkpoint)
