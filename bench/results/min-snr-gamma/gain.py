@@ -2,22 +2,21 @@
 
 import io
 import sys
-import tarfile
 
 import numpy as np
 import torch
 from PIL import Image
 
+from glyphgen.data.shards import shard_members
 from glyphgen.inference.bundle import load_bundle
 
-shard = tarfile.open("data_shards/words-32/shard-000000.tar")
-files = {m.name: shard.extractfile(m).read() for m in shard.getmembers() if m.isfile()}
-keys = sorted(name[:-4] for name in files if name.endswith(".png"))[:64]
+samples = shard_members("data_shards/words-32/shard-000000.tar", ("png", "txt"))
+keys = sorted(samples)[:64]
 x0 = torch.tensor(
-    np.stack([np.asarray(Image.open(io.BytesIO(files[k + ".png"])).convert("RGB")) for k in keys])
+    np.stack([np.asarray(Image.open(io.BytesIO(samples[k]["png"])).convert("RGB")) for k in keys])
 )
 x0 = x0.permute(0, 3, 1, 2).float() / 127.5 - 1
-prompts = [files[k + ".txt"].decode() for k in keys]
+prompts = [samples[k]["txt"].decode() for k in keys]
 eps = torch.randn(x0.shape, generator=torch.Generator().manual_seed(0))
 box = torch.ones(1, 1, 5, 5) / 25
 
